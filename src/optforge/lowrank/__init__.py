@@ -1,0 +1,1 @@
+"""optforge.lowrank (see the open issues; nothing public yet)."""

@@ -1,0 +1,23 @@
+"""First-order drop-in optimizers and gradient transforms.
+
+Optimizers (``torch.optim.Optimizer`` subclasses): ``Lion``, ``LAMB``, ``LARS``.
+Wrappers around any optimizer: ``GradientNoise``, ``AGVM``. First-layer transform: ``TrAct``.
+"""
+
+from optforge.optim.gradient_noise import GradientNoise
+from optforge.optim.lamb import LAMB
+from optforge.optim.lars import LARS
+from optforge.optim.lion import Lion
+from optforge.optim.registry import create_optimizer, list_optimizers, register_optimizer
+from optforge.optim.wrapper import OptimizerWrapper
+
+__all__ = [
+    "LAMB",
+    "LARS",
+    "GradientNoise",
+    "Lion",
+    "OptimizerWrapper",
+    "create_optimizer",
+    "list_optimizers",
+    "register_optimizer",
+]

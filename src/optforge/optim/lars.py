@@ -1,0 +1,116 @@
+"""LARS: Layer-wise Adaptive Rate Scaling (You, Gitman and Ginsburg, 2017, "Large Batch Training
+of Convolutional Networks"), Algorithm 1.
+
+Per tensor θ, with trust coefficient η_tc, weight decay β, momentum μ and global lr γ:
+
+    λ_local = η_tc·‖θ‖ / (‖g‖ + β‖θ‖ + ε)      (1 when ‖θ‖ or ‖g‖ is 0)
+    v ← μ·v + γ·λ_local·(g + β·θ)
+    θ ← θ − v
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optforge._validation import check_in_range, check_non_negative, check_positive
+from optforge.kernels import apply_rule_
+from optforge.optim.base import CHECK_FINITE_DOC, ForgeOptimizer
+
+__all__ = ["LARS", "lars_rule"]
+
+
+def lars_rule(
+    param: Tensor, momentum_buffer: Tensor, grad: Tensor, *, lr: Any, momentum: Any,
+    weight_decay: Any, trust_coefficient: Any, eps: Any, adapt: bool, maximize: bool,
+) -> tuple[Tensor, Tensor]:
+    """One LARS update of one tensor; returns ``(new_param, new_momentum_buffer)``. Pure."""
+    if maximize:
+        grad = -grad
+    scale: Any = 1.0
+    if adapt:
+        p_norm = torch.linalg.vector_norm(param, dtype=torch.float32)
+        g_norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
+        scale = torch.where(
+            (p_norm > 0) & (g_norm > 0),
+            trust_coefficient * p_norm / (g_norm + weight_decay * p_norm + eps),
+            torch.ones_like(p_norm),
+        )
+    buf = momentum_buffer * momentum + (grad + param * weight_decay) * (scale * lr)
+    return param - buf, buf
+
+
+class LARS(ForgeOptimizer):
+    __doc__ = f"""LARS (You et al., 2017): SGD with momentum and a per-layer trust ratio.
+
+    Defaults are the paper's (Alg. 1 and Sec. 4): trust coefficient η_tc = 0.001, momentum 0.9;
+    the paper's AlexNet-BN runs use weight decay 5e-4 (default here 0, as torch.optim.SGD).
+    There is no default global lr: it depends on the batch size (the paper scales it with a
+    polynomial decay schedule).
+
+    Args:
+        params: parameters or param groups.
+        lr: global learning rate γ (required).
+        momentum: μ in [0, 1) (0.9).
+        weight_decay: β, added to the gradient and to the ratio's denominator (0).
+        trust_coefficient: η_tc > 0 (0.001).
+        eps: added to the ratio's denominator, >= 0 (0).
+        adapt_no_decay: apply the trust ratio to parameters whose group has weight_decay == 0
+            (True; MLPerf's LARS excludes biases and norms from both: False with
+            ``create_optimizer``'s no-decay group).
+        maximize: ascend the objective.
+        fused: one compiled kernel per tensor (``torch.compile``).
+        {CHECK_FINITE_DOC}
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = LARS(model.parameters(), lr=1.0, weight_decay=5e-4)
+        >>> model(torch.randn(8, 4)).sum().backward(); opt.step()
+    """
+
+    state_keys = ("momentum_buffer",)
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 0.0,
+        *,
+        adapt_no_decay: bool = True,
+        maximize: bool = False,
+        fused: bool | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient, eps=eps, adapt_no_decay=adapt_no_decay,
+            maximize=maximize, fused=fused,
+        )
+        super().__init__(params, defaults, check_finite=check_finite)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_non_negative("lr", group["lr"])
+        check_in_range("momentum", group["momentum"], 0.0, 1.0)
+        check_non_negative("weight_decay", group["weight_decay"])
+        check_positive("trust_coefficient", group["trust_coefficient"])
+        check_non_negative("eps", group["eps"])
+
+    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        hyper = dict(
+            lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
+            trust_coefficient=group["trust_coefficient"], eps=group["eps"],
+            adapt=group["adapt_no_decay"] or group["weight_decay"] != 0,
+            maximize=group["maximize"],
+        )
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        fused = self._implementation(group, params) == "fused"
+        apply_rule_(lars_rule, (params, bufs, grads), 2, hyper, fused=fused)

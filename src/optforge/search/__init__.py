@@ -1,0 +1,1 @@
+"""optforge.search (see the open issues; nothing public yet)."""

@@ -1,0 +1,1 @@
+"""optforge.zo (see the open issues; nothing public yet)."""
