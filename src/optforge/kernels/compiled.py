@@ -24,6 +24,9 @@ __all__ = ["apply_rule_"]
 
 Rule = Callable[..., tuple[Tensor, ...]]
 _COMPILED: dict[tuple[Rule, int], Callable[..., None]] = {}
+# One graph per (dtype, flag values, 0/1-size specialization) of a rule; 8, dynamo's default,
+# is too few for a rule used with fp32/bf16/fp16 params and both values of a few flags.
+_RECOMPILE_LIMIT = 64
 
 
 def _compiled(rule: Rule, n_out: int) -> Callable[..., None]:
@@ -35,6 +38,9 @@ def _compiled(rule: Rule, n_out: int) -> Callable[..., None]:
             for out, value in zip(tensors[:n_out], new):
                 out.copy_(value)
 
+        # Dynamo keeps compiled graphs, and its recompile budget, per code object: give each rule
+        # its own so that one rule's specializations (dtypes, flags) never evict another's.
+        body.__code__ = body.__code__.replace(co_name=f"fused_{rule.__name__}_{n_out}")
         _COMPILED[key] = torch.compile(body, dynamic=True, fullgraph=True)
     return _COMPILED[key]
 
@@ -72,6 +78,17 @@ def apply_rule_(
             _eager_(rule, tensors, n_out, hyper)
         return
     fn = _compiled(rule, n_out)
+    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        _fused_loop(fn, rule, tensor_lists, n_out, hyper)
+
+
+def _fused_loop(
+    fn: Callable[..., None],
+    rule: Rule,
+    tensor_lists: Sequence[Sequence[Tensor]],
+    n_out: int,
+    hyper: Mapping[str, Any],
+) -> None:
     per_device: dict[torch.device, dict[str, Any]] = {}
     for tensors in zip(*tensor_lists):
         device = tensors[0].device

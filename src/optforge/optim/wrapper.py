@@ -27,13 +27,38 @@ class OptimizerWrapper(Optimizer):
                 f"{type(self).__name__} wraps a torch.optim.Optimizer (got {type(optimizer).__name__})"
             )
         self.optimizer = optimizer
-        self._sharing = False
+        self._sharing = False  # Optimizer.__init__ below sets up hooks; it must not touch groups
         super().__init__(optimizer.param_groups, {})
         self._sharing = True
-        # Share, do not copy: schedulers and add_param_group act on the inner optimizer.
-        self.param_groups = optimizer.param_groups
-        self.state = optimizer.state
-        self.defaults = optimizer.defaults
+
+    # Delegated, not copied: the inner optimizer replaces these objects on load_state_dict, and
+    # schedulers or add_param_group acting on the wrapper must act on the inner optimizer.
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        if self._sharing:
+            self.optimizer.param_groups = value
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        if self._sharing:
+            self.optimizer.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        if self._sharing:
+            self.optimizer.defaults = value
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.optimizer!r})"
@@ -71,10 +96,8 @@ class OptimizerWrapper(Optimizer):
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if not self._sharing:  # Optimizer.__init__ registering the inner optimizer's groups
-            super().add_param_group(param_group)
-            return
-        self.optimizer.add_param_group(param_group)
+        if self._sharing:  # during Optimizer.__init__ the groups already live in the inner one
+            self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
         state = self.optimizer.state_dict()
