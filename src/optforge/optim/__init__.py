@@ -9,6 +9,7 @@ from optforge.optim.lamb import LAMB
 from optforge.optim.lars import LARS
 from optforge.optim.lion import Lion
 from optforge.optim.registry import create_optimizer, list_optimizers, register_optimizer
+from optforge.optim.tract import TrAct
 from optforge.optim.wrapper import OptimizerWrapper
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "GradientNoise",
     "Lion",
     "OptimizerWrapper",
+    "TrAct",
     "create_optimizer",
     "list_optimizers",
     "register_optimizer",

@@ -22,22 +22,9 @@ from torch import Tensor
 from optforge._validation import check_betas, check_non_negative, check_positive
 from optforge.kernels import apply_rule_
 from optforge.optim.base import CHECK_FINITE_DOC, ForgeOptimizer
+from optforge.optim.trust_ratio import norm, trust_ratio
 
-__all__ = ["LAMB", "lamb_rule", "trust_ratio"]
-
-
-def trust_ratio(
-    param_norm: Tensor, update_norm: Tensor, max_trust_ratio: Any = None
-) -> Tensor:
-    """``‖θ‖ / ‖u‖``, 1 where either norm is 0, optionally capped at ``max_trust_ratio``."""
-    ratio = torch.where(
-        (param_norm > 0) & (update_norm > 0), param_norm / update_norm, torch.ones_like(param_norm)
-    )
-    return ratio if max_trust_ratio is None else torch.clamp(ratio, max=max_trust_ratio)
-
-
-def _norm(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t, dtype=torch.float32)
+__all__ = ["LAMB", "lamb_rule"]
 
 
 def lamb_rule(
@@ -54,10 +41,11 @@ def lamb_rule(
     update = (exp_avg / bias_correction1) / (torch.sqrt(exp_avg_sq / bias_correction2) + eps)
     update = update + param * weight_decay
     if adapt:
-        param_norm = _norm(param)
+        param_norm, update_norm = norm(param), norm(update)
         if max_weight_norm is not None:
             param_norm = torch.clamp(param_norm, max=max_weight_norm)
-        ratio = trust_ratio(param_norm, _norm(update), max_trust_ratio)
+        ratio = trust_ratio(param_norm, update_norm, (param_norm > 0) & (update_norm > 0),
+                            max_trust_ratio)
         update = update * ratio
     return param - update * lr, exp_avg, exp_avg_sq
 
@@ -152,7 +140,7 @@ class LAMB(ForgeOptimizer):
     def _before_update(self, grads: list[Tensor]) -> None:
         self._grad_scale = 1.0
         if self.max_grad_norm is not None and grads:
-            norms = [_norm(g).to(grads[0].device) for g in grads]
+            norms = [norm(g).to(grads[0].device) for g in grads]
             total = float(torch.linalg.vector_norm(torch.stack(norms)))
             self._grad_scale = 1.0 / max(1.0, total / self.max_grad_norm)  # apex's rule
 

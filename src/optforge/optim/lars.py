@@ -19,6 +19,7 @@ from torch import Tensor
 from optforge._validation import check_in_range, check_non_negative, check_positive
 from optforge.kernels import apply_rule_
 from optforge.optim.base import CHECK_FINITE_DOC, ForgeOptimizer
+from optforge.optim.trust_ratio import norm, trust_ratio
 
 __all__ = ["LARS", "lars_rule"]
 
@@ -32,13 +33,9 @@ def lars_rule(
         grad = -grad
     scale: Any = 1.0
     if adapt:
-        p_norm = torch.linalg.vector_norm(param, dtype=torch.float32)
-        g_norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
-        scale = torch.where(
-            (p_norm > 0) & (g_norm > 0),
-            trust_coefficient * p_norm / (g_norm + weight_decay * p_norm + eps),
-            torch.ones_like(p_norm),
-        )
+        p_norm, g_norm = norm(param), norm(grad)
+        scale = trust_ratio(trust_coefficient * p_norm, g_norm + weight_decay * p_norm + eps,
+                            (p_norm > 0) & (g_norm > 0))
     buf = momentum_buffer * momentum + (grad + param * weight_decay) * (scale * lr)
     return param - buf, buf
 
