@@ -44,9 +44,15 @@ _COMMON_ERRORS = [
 
 OPTIMIZERS = [
     OptimSpec(
-        "Lion", Lion,
-        configs=[{"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.5}, {"lr": 1e-2, "betas": (0.95, 0.98)}],
-        errors=_COMMON_ERRORS + [
+        "Lion",
+        Lion,
+        configs=[
+            {"lr": 1e-2},
+            {"lr": 1e-2, "weight_decay": 0.5},
+            {"lr": 1e-2, "betas": (0.95, 0.98)},
+        ],
+        errors=_COMMON_ERRORS
+        + [
             ({"betas": (1.0, 0.99)}, ValueError, r"betas\[0\] must be in \[0.0, 1.0\) \(got 1.0\)"),
             ({"betas": (0.9, -0.1)}, ValueError, r"betas\[1\] must be in \[0.0, 1.0\)"),
             ({"betas": 0.9}, TypeError, r"betas must be a pair"),
@@ -56,14 +62,16 @@ OPTIMIZERS = [
         impls=("loop", "foreach", "fused"),
     ),
     OptimSpec(
-        "LAMB", LAMB,
+        "LAMB",
+        LAMB,
         configs=[
             {"lr": 1e-2},
             {"lr": 1e-2, "bias_correction": False, "max_weight_norm": 10.0},
             {"lr": 1e-2, "max_grad_norm": 1.0, "adapt_no_decay": False, "weight_decay": 0.0},
             {"lr": 1e-2, "max_trust_ratio": 1.0},
         ],
-        errors=_COMMON_ERRORS + [
+        errors=_COMMON_ERRORS
+        + [
             ({"eps": 0.0}, ValueError, r"eps must be > 0 \(got 0.0\)"),
             ({"betas": (0.9, 1.5)}, ValueError, r"betas\[1\] must be in \[0.0, 1.0\)"),
             ({"max_grad_norm": -1.0}, ValueError, r"max_grad_norm must be > 0"),
@@ -73,9 +81,13 @@ OPTIMIZERS = [
         coupling_keys=("max_grad_norm",),
     ),
     OptimSpec(
-        "LARS", LARS,
-        configs=[{"lr": 0.5}, {"lr": 0.5, "weight_decay": 1e-2, "eps": 1e-8},
-                 {"lr": 0.5, "momentum": 0.0}],
+        "LARS",
+        LARS,
+        configs=[
+            {"lr": 0.5},
+            {"lr": 0.5, "weight_decay": 1e-2, "eps": 1e-8},
+            {"lr": 0.5, "momentum": 0.0},
+        ],
         errors=[
             ({"lr": -1.0}, ValueError, r"lr must be >= 0 \(got -1.0\)"),
             ({"lr": 0.1, "momentum": 1.0}, ValueError, r"momentum must be in \[0.0, 1.0\)"),
@@ -85,7 +97,8 @@ OPTIMIZERS = [
         impls=("loop", "fused"),
     ),
     OptimSpec(
-        "GradientNoise(SGD)", _noisy_sgd,
+        "GradientNoise(SGD)",
+        _noisy_sgd,
         configs=[{"lr": 0.05, "eta": 0.01}, {"lr": 0.05, "momentum": 0.9, "eta": 0.3, "seed": 7}],
         errors=[
             ({"lr": 0.1, "eta": -1.0}, ValueError, r"eta must be >= 0 \(got -1.0\)"),

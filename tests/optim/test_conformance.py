@@ -154,8 +154,11 @@ def test_bfloat16_params(spec: OptimSpec) -> None:
     run(opt16, params16, 3)
     for p16, p32 in zip(params16, params32):
         assert p16.dtype == torch.bfloat16
-        assert all(v.dtype in (torch.bfloat16, torch.float32) for v in opt16.state[p16].values()
-                   if isinstance(v, torch.Tensor))
+        assert all(
+            v.dtype in (torch.bfloat16, torch.float32)
+            for v in opt16.state[p16].values()
+            if isinstance(v, torch.Tensor)
+        )
         torch.testing.assert_close(p16.float(), p32, rtol=0.05, atol=0.05)
 
 

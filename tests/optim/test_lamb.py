@@ -13,9 +13,21 @@ from optforge.optim import LAMB
 SHAPES = [(9, 4), (4, 9), (7,)]
 
 
-def reference_lamb(theta, grads, *, lr, beta1=0.9, beta2=0.999, eps=1e-6, wd=0.01,
-                   bias_correction=True, max_weight_norm=None, max_trust_ratio=None,
-                   adapt=True, grad_scale=1.0):
+def reference_lamb(
+    theta,
+    grads,
+    *,
+    lr,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-6,
+    wd=0.01,
+    bias_correction=True,
+    max_weight_norm=None,
+    max_trust_ratio=None,
+    adapt=True,
+    grad_scale=1.0,
+):
     theta, m, v = theta.clone(), torch.zeros_like(theta), torch.zeros_like(theta)
     out = []
     for t, g in enumerate(grads, start=1):
@@ -68,7 +80,9 @@ def test_uncapped_step_norm_is_lr_times_param_norm() -> None:
     opt = LAMB([p], lr=1e-2, weight_decay=0.0)
     p.grad = torch.randn(8, 5)
     opt.step()
-    assert (p.detach() - before).norm().item() == pytest.approx(1e-2 * before.norm().item(), rel=1e-6)
+    assert (p.detach() - before).norm().item() == pytest.approx(
+        1e-2 * before.norm().item(), rel=1e-6
+    )
 
 
 def test_clamped_weight_norm_caps_the_step() -> None:
@@ -145,8 +159,9 @@ def test_matches_pytorch_optimizer_lamb() -> None:
     # pytorch_optimizer's Lamb: no second-moment debias, first-moment debias off with
     # adam_debias=True, ‖θ‖ clamped at 10, decay inside the ratio with weight_decouple=False.
     opt_a = LAMB(ours, lr=1e-2, weight_decay=0.01, bias_correction=False, max_weight_norm=10.0)
-    opt_b = po.Lamb(theirs, lr=1e-2, weight_decay=0.01, weight_decouple=False, adam_debias=True,
-                    eps=1e-6)
+    opt_b = po.Lamb(
+        theirs, lr=1e-2, weight_decay=0.01, weight_decouple=False, adam_debias=True, eps=1e-6
+    )
     for _ in range(6):
         for a, b in zip(ours, theirs):
             g = torch.randn_like(a)

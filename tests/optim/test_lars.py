@@ -13,8 +13,11 @@ def reference_lars(theta, grads, lr, momentum, wd, tc, eps, adapt=True):
     out = []
     for g in grads:
         w_norm, g_norm = theta.norm(), g.norm()
-        local = tc * w_norm / (g_norm + wd * w_norm + eps) if adapt and w_norm > 0 and g_norm > 0 \
+        local = (
+            tc * w_norm / (g_norm + wd * w_norm + eps)
+            if adapt and w_norm > 0 and g_norm > 0
             else torch.tensor(1.0, dtype=theta.dtype)
+        )
         v = momentum * v + lr * local * (g + wd * theta)
         theta = theta - v
         out.append(theta.clone())

@@ -63,14 +63,18 @@ def test_decay_is_applied_before_the_sign_step() -> None:
     opt = Lion([p], lr=lr, weight_decay=wd)
     p.grad = torch.ones(4)
     opt.step()
-    torch.testing.assert_close(p.detach(), torch.full((4,), 2.0 * (1 - lr * wd) - lr), rtol=1e-6,
-                               atol=0)
+    torch.testing.assert_close(
+        p.detach(), torch.full((4,), 2.0 * (1 - lr * wd) - lr), rtol=1e-6, atol=0
+    )
 
 
 @settings(max_examples=40, deadline=None)
 @given(
-    rows=st.integers(1, 12), cols=st.integers(1, 12), lr=st.floats(1e-4, 1e-1),
-    beta1=st.floats(0.0, 0.99), seed=st.integers(0, 2**16),
+    rows=st.integers(1, 12),
+    cols=st.integers(1, 12),
+    lr=st.floats(1e-4, 1e-1),
+    beta1=st.floats(0.0, 0.99),
+    seed=st.integers(0, 2**16),
 )
 def test_every_coordinate_moves_by_exactly_lr(rows, cols, lr, beta1, seed) -> None:
     gen = torch.Generator().manual_seed(seed)

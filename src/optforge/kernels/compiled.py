@@ -94,7 +94,8 @@ def _fused_loop(
         device = tensors[0].device
         if device not in per_device:
             per_device[device] = {
-                k: v if v is None or isinstance(v, bool)
+                k: v
+                if v is None or isinstance(v, bool)
                 else torch.tensor(v, dtype=torch.float64, device=device)
                 for k, v in hyper.items()
             }

@@ -19,10 +19,10 @@ __all__ = ["ForgeOptimizer", "Implementation"]
 
 Implementation = str  # "loop" | "foreach" | "fused"
 
-CHECK_FINITE_DOC = """check_finite: before touching any parameter or state, check that every gradient is
-            finite and raise ``FloatingPointError`` otherwise (default True). Off, non-finite
-            values flow into parameters and state as in torch.optim (one less pass over the
-            gradients, and no host sync on CUDA)."""
+CHECK_FINITE_DOC = """check_finite: before touching any parameter or state, check that every
+            gradient is finite and raise ``FloatingPointError`` otherwise (default True). Off,
+            non-finite values flow into parameters and state as in torch.optim (one less pass
+            over the gradients, and no host sync on CUDA)."""
 
 
 class ForgeOptimizer(Optimizer):
@@ -50,11 +50,13 @@ class ForgeOptimizer(Optimizer):
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
         raise NotImplementedError
 
     def _before_update(self, grads: list[Tensor]) -> None:
-        """Runs once per step with every group's gradients, before any update (e.g. global clipping)."""
+        """Runs once per step with all gradients, before any update (e.g. global clipping)."""
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self._check_group({**self.defaults, **param_group})
@@ -63,7 +65,7 @@ class ForgeOptimizer(Optimizer):
     # -- the skeleton ---------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -111,7 +113,8 @@ class ForgeOptimizer(Optimizer):
             for pi, g in enumerate(gs):
                 if not torch.isfinite(g).all():
                     raise FloatingPointError(
-                        f"{type(self).__name__}: the gradient of parameter {pi} in param group {gi} "
+                        f"{type(self).__name__}: the gradient of parameter {pi} in param group {gi}"
+                        " "
                         "contains inf or NaN; no parameter or state was changed. Skip this step, "
                         "or pass check_finite=False to let non-finite values through."
                     )
@@ -126,14 +129,16 @@ class ForgeOptimizer(Optimizer):
 
     # -- checkpoints ----------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a ``state_dict`` produced by the same optimizer class (checked, then torch's load)."""
+        """Load a ``state_dict`` of the same optimizer class (checked, then torch's load)."""
         self._check_state_dict(state_dict)
         super().load_state_dict(state_dict)
 
     def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
         name = type(self).__name__
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
-            raise ValueError(f"{name}.load_state_dict expects a dict with 'state' and 'param_groups'")
+            raise ValueError(
+                f"{name}.load_state_dict expects a dict with 'state' and 'param_groups'"
+            )
         for i, saved in enumerate(state_dict["param_groups"]):
             missing = sorted(set(self.defaults) - set(saved))
             if missing:

@@ -69,15 +69,20 @@ class GradientNoise(OptimizerWrapper):
                     if grad.is_sparse:
                         raise RuntimeError("GradientNoise does not support sparse gradients")
                     gen = generator_for(grad.device, self.seed, self.steps_done, index)
-                    noise = torch.randn(grad.shape, generator=gen, dtype=grad.dtype,
-                                        device=grad.device)
+                    noise = torch.randn(
+                        grad.shape, generator=gen, dtype=grad.dtype, device=grad.device
+                    )
                     grad.add_(noise, alpha=std)
                 index += 1
         self.steps_done += 1
 
     def _wrapper_state(self) -> dict[str, Any]:
-        return {"steps_done": torch.tensor(self.steps_done, dtype=torch.int64),
-                "seed": self.seed, "eta": self.eta, "gamma": self.gamma}
+        return {
+            "steps_done": torch.tensor(self.steps_done, dtype=torch.int64),
+            "seed": self.seed,
+            "eta": self.eta,
+            "gamma": self.gamma,
+        }
 
     def _load_wrapper_state(self, state: dict[str, Any]) -> None:
         self.steps_done = int(state["steps_done"])

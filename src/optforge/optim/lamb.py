@@ -28,9 +28,23 @@ __all__ = ["LAMB", "lamb_rule"]
 
 
 def lamb_rule(
-    param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, grad: Tensor, *, lr: Any, beta1: Any,
-    beta2: Any, eps: Any, weight_decay: Any, bias_correction1: Any, bias_correction2: Any,
-    grad_scale: Any, adapt: bool, max_weight_norm: Any, max_trust_ratio: Any, maximize: bool,
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    grad: Tensor,
+    *,
+    lr: Any,
+    beta1: Any,
+    beta2: Any,
+    eps: Any,
+    weight_decay: Any,
+    bias_correction1: Any,
+    bias_correction2: Any,
+    grad_scale: Any,
+    adapt: bool,
+    max_weight_norm: Any,
+    max_trust_ratio: Any,
+    maximize: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LAMB update of one tensor; returns ``(new_param, new_exp_avg, new_exp_avg_sq)``. Pure."""
     if maximize:
@@ -44,14 +58,15 @@ def lamb_rule(
         param_norm, update_norm = norm(param), norm(update)
         if max_weight_norm is not None:
             param_norm = torch.clamp(param_norm, max=max_weight_norm)
-        ratio = trust_ratio(param_norm, update_norm, (param_norm > 0) & (update_norm > 0),
-                            max_trust_ratio)
+        ratio = trust_ratio(
+            param_norm, update_norm, (param_norm > 0) & (update_norm > 0), max_trust_ratio
+        )
         update = update * ratio
     return param - update * lr, exp_avg, exp_avg_sq
 
 
 class LAMB(ForgeOptimizer):
-    __doc__ = f"""LAMB (You et al., 2020): Adam's direction scaled per tensor by the trust ratio ‖θ‖/‖u‖.
+    __doc__ = f"""LAMB (You et al., 2020): Adam's direction scaled per tensor by ‖θ‖/‖u‖.
 
     Defaults follow the paper's reference (tensorflow/addons: η = 1e-3, β = (0.9, 0.999),
     ε = 1e-6, bias correction on, uncapped ratio) except ``weight_decay=0.01``, NVIDIA apex's
@@ -115,9 +130,15 @@ class LAMB(ForgeOptimizer):
             check_positive("max_grad_norm", max_grad_norm)
         self.max_grad_norm = max_grad_norm
         defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-            bias_correction=bias_correction, max_weight_norm=max_weight_norm,
-            max_trust_ratio=max_trust_ratio, adapt_no_decay=adapt_no_decay, maximize=maximize,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            max_weight_norm=max_weight_norm,
+            max_trust_ratio=max_trust_ratio,
+            adapt_no_decay=adapt_no_decay,
+            maximize=maximize,
             fused=fused,
         )
         self._grad_scale = 1.0
@@ -144,13 +165,21 @@ class LAMB(ForgeOptimizer):
             total = float(torch.linalg.vector_norm(torch.stack(norms)))
             self._grad_scale = 1.0 / max(1.0, total / self.max_grad_norm)  # apex's rule
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
         beta1, beta2 = group["betas"]
         adapt = group["adapt_no_decay"] or group["weight_decay"] != 0
         hyper: dict[str, Any] = dict(
-            lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-            weight_decay=group["weight_decay"], grad_scale=self._grad_scale, adapt=adapt,
-            max_weight_norm=group["max_weight_norm"], max_trust_ratio=group["max_trust_ratio"],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            grad_scale=self._grad_scale,
+            adapt=adapt,
+            max_weight_norm=group["max_weight_norm"],
+            max_trust_ratio=group["max_trust_ratio"],
             maximize=group["maximize"],
         )
         fused = self._implementation(group, params) == "fused"
@@ -167,6 +196,10 @@ class LAMB(ForgeOptimizer):
             else:
                 hyper["bias_correction1"] = hyper["bias_correction2"] = 1.0
             ps = [params[i] for i in idx]
-            lists = (ps, [self.state[p]["exp_avg"] for p in ps],
-                     [self.state[p]["exp_avg_sq"] for p in ps], [grads[i] for i in idx])
+            lists = (
+                ps,
+                [self.state[p]["exp_avg"] for p in ps],
+                [self.state[p]["exp_avg_sq"] for p in ps],
+                [grads[i] for i in idx],
+            )
             apply_rule_(lamb_rule, lists, 3, hyper, fused=fused)

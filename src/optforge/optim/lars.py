@@ -25,8 +25,17 @@ __all__ = ["LARS", "lars_rule"]
 
 
 def lars_rule(
-    param: Tensor, momentum_buffer: Tensor, grad: Tensor, *, lr: Any, momentum: Any,
-    weight_decay: Any, trust_coefficient: Any, eps: Any, adapt: bool, maximize: bool,
+    param: Tensor,
+    momentum_buffer: Tensor,
+    grad: Tensor,
+    *,
+    lr: Any,
+    momentum: Any,
+    weight_decay: Any,
+    trust_coefficient: Any,
+    eps: Any,
+    adapt: bool,
+    maximize: bool,
 ) -> tuple[Tensor, Tensor]:
     """One LARS update of one tensor; returns ``(new_param, new_momentum_buffer)``. Pure."""
     if maximize:
@@ -34,8 +43,11 @@ def lars_rule(
     scale: Any = 1.0
     if adapt:
         p_norm, g_norm = norm(param), norm(grad)
-        scale = trust_ratio(trust_coefficient * p_norm, g_norm + weight_decay * p_norm + eps,
-                            (p_norm > 0) & (g_norm > 0))
+        scale = trust_ratio(
+            trust_coefficient * p_norm,
+            g_norm + weight_decay * p_norm + eps,
+            (p_norm > 0) & (g_norm > 0),
+        )
     buf = momentum_buffer * momentum + (grad + param * weight_decay) * (scale * lr)
     return param - buf, buf
 
@@ -85,9 +97,14 @@ class LARS(ForgeOptimizer):
         check_finite: bool = True,
     ) -> None:
         defaults = dict(
-            lr=lr, momentum=momentum, weight_decay=weight_decay,
-            trust_coefficient=trust_coefficient, eps=eps, adapt_no_decay=adapt_no_decay,
-            maximize=maximize, fused=fused,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            adapt_no_decay=adapt_no_decay,
+            maximize=maximize,
+            fused=fused,
         )
         super().__init__(params, defaults, check_finite=check_finite)
 
@@ -101,10 +118,15 @@ class LARS(ForgeOptimizer):
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
         hyper = dict(
-            lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"],
-            trust_coefficient=group["trust_coefficient"], eps=group["eps"],
+            lr=group["lr"],
+            momentum=group["momentum"],
+            weight_decay=group["weight_decay"],
+            trust_coefficient=group["trust_coefficient"],
+            eps=group["eps"],
             adapt=group["adapt_no_decay"] or group["weight_decay"] != 0,
             maximize=group["maximize"],
         )

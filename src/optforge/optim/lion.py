@@ -27,8 +27,15 @@ __all__ = ["Lion", "lion_rule"]
 
 
 def lion_rule(
-    param: Tensor, exp_avg: Tensor, grad: Tensor, *, lr: Any, beta1: Any, beta2: Any,
-    weight_decay: Any, maximize: bool,
+    param: Tensor,
+    exp_avg: Tensor,
+    grad: Tensor,
+    *,
+    lr: Any,
+    beta1: Any,
+    beta2: Any,
+    weight_decay: Any,
+    maximize: bool,
 ) -> tuple[Tensor, Tensor]:
     """One Lion update of one tensor; returns ``(new_param, new_exp_avg)``. Pure.
 
@@ -45,8 +52,15 @@ def lion_rule(
 
 
 def _foreach_lion(
-    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, lr: float,
-    beta1: float, beta2: float, weight_decay: float, maximize: bool,
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    maximize: bool,
 ) -> None:
     if maximize:
         grads = torch._foreach_neg(grads)
@@ -61,7 +75,7 @@ def _foreach_lion(
 
 
 class Lion(ForgeOptimizer):
-    __doc__ = f"""Lion (Chen et al., 2023): sign of an interpolated momentum, decoupled weight decay.
+    __doc__ = f"""Lion (Chen et al., 2023): sign of interpolated momentum, decoupled weight decay.
 
     Update, per tensor: ``θ ← θ(1 − ηλ) − η·sign(β1·m + (1−β1)·g)``, then
     ``m ← β2·m + (1−β2)·g``. One state buffer per parameter, in the parameter's dtype.
@@ -98,8 +112,14 @@ class Lion(ForgeOptimizer):
         fused: bool | None = None,
         check_finite: bool = True,
     ) -> None:
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
-                        foreach=foreach, fused=fused)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+        )
         super().__init__(params, defaults, check_finite=check_finite)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -110,14 +130,20 @@ class Lion(ForgeOptimizer):
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+    def _update_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> None:
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         beta1, beta2 = group["betas"]
-        hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2,
-                     weight_decay=group["weight_decay"], maximize=group["maximize"])
+        hyper = dict(
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+        )
         impl = self._implementation(group, params)
         if impl == "foreach":
             _foreach_lion(params, grads, exp_avgs, **hyper)
         else:
             apply_rule_(lion_rule, (params, exp_avgs, grads), 2, hyper, fused=impl == "fused")
-

@@ -51,9 +51,7 @@ def get_optimizer_entry(name: str) -> OptimizerEntry:
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, _REGISTRY, n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"unknown optimizer {name!r}{hint} Known: {', '.join(list_optimizers())}"
-        )
+        raise ValueError(f"unknown optimizer {name!r}{hint} Known: {', '.join(list_optimizers())}")
     return _REGISTRY[key]
 
 
@@ -80,8 +78,10 @@ def decay_param_groups(
             seen.add(id(p))
             full = f"{module_name}.{pname}" if module_name else pname
             (skip if _is_no_decay(full, module, no_decay) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": skip, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": skip, "weight_decay": 0.0},
+    ]
     return [g for g in groups if g["params"]]
 
 

@@ -23,6 +23,6 @@ def norm(t: Tensor) -> Tensor:
 def trust_ratio(
     numerator: Tensor, denominator: Tensor, valid: Tensor, max_trust_ratio: Any = None
 ) -> Tensor:
-    """``numerator / denominator`` where ``valid``, else 1; capped at ``max_trust_ratio`` if given."""
+    """``numerator / denominator`` where ``valid``, else 1; capped at ``max_trust_ratio``."""
     ratio = torch.where(valid, numerator / denominator, torch.ones_like(numerator))
     return ratio if max_trust_ratio is None else torch.clamp(ratio, max=max_trust_ratio)

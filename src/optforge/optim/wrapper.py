@@ -19,12 +19,13 @@ __all__ = ["OptimizerWrapper"]
 
 
 class OptimizerWrapper(Optimizer):
-    """Wraps ``optimizer``; subclasses override ``_before_step``/``_after_step`` and the state hooks."""
+    """Wraps ``optimizer``; subclasses override the step and state hooks below."""
 
     def __init__(self, optimizer: Optimizer) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
-                f"{type(self).__name__} wraps a torch.optim.Optimizer (got {type(optimizer).__name__})"
+                f"{type(self).__name__} wraps a torch.optim.Optimizer"
+                f" (got {type(optimizer).__name__})"
             )
         self.optimizer = optimizer
         self._sharing = False  # Optimizer.__init__ below sets up hooks; it must not touch groups
