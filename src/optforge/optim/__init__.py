@@ -4,6 +4,7 @@ Optimizers (``torch.optim.Optimizer`` subclasses): ``Lion``, ``LAMB``, ``LARS``.
 Wrappers around any optimizer: ``GradientNoise``, ``AGVM``. First-layer transform: ``TrAct``.
 """
 
+from optforge.optim.agvm import AGVM
 from optforge.optim.gradient_noise import GradientNoise
 from optforge.optim.lamb import LAMB
 from optforge.optim.lars import LARS
@@ -13,6 +14,7 @@ from optforge.optim.tract import TrAct
 from optforge.optim.wrapper import OptimizerWrapper
 
 __all__ = [
+    "AGVM",
     "LAMB",
     "LARS",
     "GradientNoise",
