@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["check_betas", "check_in_range", "check_non_negative", "check_positive"]
+__all__ = ["check_betas", "check_in_range", "check_int", "check_non_negative", "check_positive"]
 
 
 def _check_number(name: str, value: object) -> float:
@@ -56,3 +56,12 @@ def check_betas(value: object, name: str = "betas") -> tuple[float, float]:
         check_in_range(f"{name}[0]", value[0], 0.0, 1.0),
         check_in_range(f"{name}[1]", value[1], 0.0, 1.0),
     )
+
+
+def check_int(name: str, value: object, low: int | None = None) -> int:
+    """An ``int`` (not a bool), ``>= low`` when ``low`` is given."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int (got {type(value).__name__}: {value!r})")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low} (got {value})")
+    return value

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optforge._validation import check_in_range, check_positive
+from optforge._validation import check_in_range, check_int, check_positive
 from optforge.optim.wrapper import OptimizerWrapper
 
 __all__ = ["AGVM", "agvm_target_scale", "cosine_distance"]
@@ -57,14 +57,6 @@ def agvm_target_scale(d_reference: Tensor, d: Tensor) -> Tensor:
     """``μ̃ = √clamp((D_0 + 1e-6) / (D + 1e-6), 0.5, 10)`` (elementwise, float64)."""
     ratio = (d_reference.double() + _STABILIZER) / (d.double() + _STABILIZER)
     return ratio.clamp(*_CLAMP).sqrt()
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int (got {type(value).__name__}: {value!r})")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low} (got {value})")
-    return value
 
 
 class AGVM(OptimizerWrapper):
@@ -127,10 +119,10 @@ class AGVM(OptimizerWrapper):
         eps: float = 1e-8,
         process_group: Any = None,
     ) -> None:
-        self.update_interval = _check_int("update_interval", update_interval, 1)
-        self.start_iter = _check_int("start_iter", start_iter, 0)
+        self.update_interval = check_int("update_interval", update_interval, 1)
+        self.start_iter = check_int("start_iter", start_iter, 0)
         if stop_iter is not None:
-            _check_int("stop_iter", stop_iter, 0)
+            check_int("stop_iter", stop_iter, 0)
             if stop_iter < start_iter:
                 raise ValueError(
                     f"stop_iter must be >= start_iter ({start_iter}) or None (got {stop_iter})"

@@ -15,7 +15,7 @@ import torch
 from torch.optim import Optimizer
 
 from optforge._seeding import generator_for
-from optforge._validation import check_non_negative
+from optforge._validation import check_int, check_non_negative
 from optforge.optim.wrapper import OptimizerWrapper
 
 __all__ = ["GradientNoise"]
@@ -48,9 +48,7 @@ class GradientNoise(OptimizerWrapper):
     ) -> None:
         self.eta = check_non_negative("eta", eta)
         self.gamma = check_non_negative("gamma", gamma)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int (got {type(seed).__name__}: {seed!r})")
-        self.seed = seed
+        self.seed = check_int("seed", seed)
         self.steps_done = 0
         super().__init__(optimizer)
 
