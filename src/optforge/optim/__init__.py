@@ -9,7 +9,12 @@ from optforge.optim.gradient_noise import GradientNoise
 from optforge.optim.lamb import LAMB
 from optforge.optim.lars import LARS
 from optforge.optim.lion import Lion
-from optforge.optim.registry import create_optimizer, list_optimizers, register_optimizer
+from optforge.optim.registry import (
+    create_optimizer,
+    decay_param_groups,
+    list_optimizers,
+    register_optimizer,
+)
 from optforge.optim.tract import TrAct
 from optforge.optim.wrapper import OptimizerWrapper
 
@@ -22,6 +27,7 @@ __all__ = [
     "OptimizerWrapper",
     "TrAct",
     "create_optimizer",
+    "decay_param_groups",
     "list_optimizers",
     "register_optimizer",
 ]

@@ -16,7 +16,13 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-__all__ = ["OptimizerEntry", "create_optimizer", "list_optimizers", "register_optimizer"]
+__all__ = [
+    "OptimizerEntry",
+    "create_optimizer",
+    "decay_param_groups",
+    "list_optimizers",
+    "register_optimizer",
+]
 
 
 @dataclass(frozen=True)
