@@ -1,0 +1,430 @@
+"""The benchmark report: Markdown tables, a performance-profile PNG and training-curve PNGs.
+
+:func:`summarize` reads ``OUT/run.json`` and ``OUT/trials/*.json`` and computes, per submission
+and workload, the median over studies of the best trial's time and steps to target (with the
+spread over studies), the benchmark scores from performance profiles (time-based, and
+steps-based as the hardware-independent secondary score) and the geometric-mean speed-up over a
+baseline. :func:`write_report` turns that into ``OUT/report.md``, ``OUT/summary.json``,
+``OUT/performance_profile.png`` and ``OUT/curves_<workload>.png``.
+
+Held-out variants follow AlgoPerf v0.5: when a run holds a base workload and its variant, the
+base time counts only if the submission also reached the variant's target, and the variant is
+not scored on its own.
+
+Example::
+
+    from optforge.bench.report import write_report
+    write_report("bench-out")          # -> bench-out/report.md
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from optforge.bench.rulesets import aggregate, study_bests
+from optforge.bench.scoring import R_MAX, geometric_mean_speedup, performance_profile
+from optforge.bench.study import BenchError, load_records
+
+__all__ = ["format_table", "held_out_rule", "summarize", "write_report"]
+
+DEFAULT_BASELINE = "adamw"
+
+
+def _read_run(out: Path) -> dict[str, Any]:
+    path = out / "run.json"
+    if not path.exists():
+        raise BenchError(f"{out} holds no benchmark run (no run.json); run `optforge bench run` "
+                         "first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise BenchError(f"{path} is unreadable ({e})") from None
+
+
+def held_out_rule(
+    times: Mapping[str, Mapping[str, float]], workloads: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """AlgoPerf v0.5's held-out rule: ``(times over scored workloads, scored workload names)``.
+
+    A variant whose base is in ``workloads`` makes the base time ``inf`` for a submission that
+    did not reach the variant's target, and is then dropped; a variant without its base in the
+    run is scored as a workload of its own.
+    """
+    names = list(workloads)
+    variants = {w: m.get("base") for w, m in workloads.items()
+                if m.get("held_out") and m.get("base") in workloads}
+    scored = [w for w in names if w not in variants]
+    out: dict[str, dict[str, float]] = {}
+    for sub, row in times.items():
+        new = {w: row.get(w, math.inf) for w in scored}
+        for var, base in variants.items():
+            if not math.isfinite(row.get(var, math.inf)):
+                new[base] = math.inf
+        out[sub] = new
+    return out, scored
+
+
+def _spread(per_study: Mapping[int, float]) -> dict[str, Any]:
+    vals = list(per_study.values())
+    fin = [v for v in vals if math.isfinite(v)]
+    return {
+        "per_study": [v if math.isfinite(v) else None for _, v in sorted(per_study.items())],
+        "reached": len(fin),
+        "studies": len(vals),
+        "min": min(fin) if fin else None,
+        "max": max(fin) if fin else None,
+    }
+
+
+def _json_num(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def summarize(out_dir: str | Path, *, baseline: str | None = None) -> dict[str, Any]:
+    """Everything the report shows, as JSON-able data (``None`` stands for "not reached")."""
+    out = Path(out_dir)
+    info = _read_run(out)
+    cfg = info.get("config", {})
+    records_by_id = load_records(out)
+    planned = info.get("trial_ids") or list(records_by_id)
+    records = [records_by_id[i] for i in planned if i in records_by_id]
+    workloads: dict[str, dict[str, Any]] = info.get("workloads") or {
+        w: {} for w in cfg.get("workloads", [])
+    }
+    subs = list(cfg.get("submissions") or dict.fromkeys(r["submission"] for r in records))
+    if baseline is None:
+        baseline = DEFAULT_BASELINE if DEFAULT_BASELINE in subs else (subs[0] if subs else None)
+    elif baseline not in subs:
+        raise BenchError(f"baseline must be one of {', '.join(subs)} (got '{baseline}')")
+
+    result: dict[str, Any] = {
+        "config": cfg,
+        "ruleset": info.get("ruleset", {}),
+        "sessions": info.get("sessions", []),
+        "workloads": workloads,
+        "submissions": subs,
+        "baseline": baseline,
+        "trials": {"planned": len(planned), "recorded": len(records)},
+        "status": {},
+        "errors": [],
+    }
+    for r in records:
+        result["status"][r.get("status", "?")] = result["status"].get(r.get("status", "?"), 0) + 1
+        if r.get("status") == "error":
+            result["errors"].append(f"{r.get('trial_id')}: {r.get('error')}")
+
+    for key, label in (("time_to_target_s", "time"), ("steps_to_target", "steps")):
+        med = aggregate(records, key)
+        med = {s: {w: med.get(s, {}).get(w, math.inf) for w in workloads} for s in subs}
+        bests = study_bests(records, key)
+        cells = {
+            s: {w: {"median": _json_num(med[s][w]),
+                    **_spread(bests.get((s, w), {}))} for w in workloads}
+            for s in subs
+        }
+        scored_times, scored = held_out_rule(med, workloads)
+        block: dict[str, Any] = {"cells": cells, "scored_workloads": scored}
+        if subs and scored:
+            prof = performance_profile(scored_times, scored)
+            block["scores"] = prof.scores
+            block["profile"] = {"taus": prof.taus.tolist(),
+                                "rho": {s: v.tolist() for s, v in prof.rho.items()}}
+            block["ratios"] = {s: {w: _json_num(v) for w, v in row.items()}
+                               for s, row in prof.ratios.items()}
+            if baseline is not None:
+                block["speedup"] = {
+                    s: {"geomean": _json_num(g) if g == g else None, "workloads": k}
+                    for s, (g, k) in geometric_mean_speedup(scored_times, baseline,
+                                                            scored).items()
+                }
+        result[label] = block
+    result["curves"] = _curves(records)
+    result["trial_rows"] = [
+        [str(r.get("trial_id")), str(r.get("status")), str(r.get("stop_reason", "")),
+         str(r.get("steps", "")), _fmt(r.get("train_time_s"), 3), _fmt(r.get("eval_time_s"), 3),
+         _fmt(r.get("best_metric"), 4), "yes" if r.get("reached_target") else "no"]
+        for r in records
+    ]
+    return result
+
+
+def _curves(records: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    by_wl: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        curve = r.get("curve") or []
+        if not curve:
+            continue
+        by_wl.setdefault(r["workload"], []).append({
+            "submission": r["submission"], "study": r.get("study", 0), "trial": r.get("trial", 0),
+            "step": [p.get("step") for p in curve],
+            "time": [p.get("train_time_s") for p in curve],
+            "metric": [p.get("metric") for p in curve],
+        })
+    return by_wl
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    if abs(x) >= 100 or float(x).is_integer():
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def _cell(c: Mapping[str, Any], steps: bool) -> str:
+    if c["median"] is None:
+        return f"not reached ({c['reached']}/{c['studies']})" if c["studies"] else "not run"
+    s = _fmt(c["median"]) if steps else f"{c['median']:.2f}"
+    if c["studies"] > 1:
+        lo, hi = c["min"], c["max"]
+        s += f" [{_fmt(lo)}–{_fmt(hi)}]" if steps else f" [{lo:.2f}–{hi:.2f}]"
+    return s + f" ({c['reached']}/{c['studies']})"
+
+
+def _score_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for s in summary["submissions"]:
+        row = [s]
+        for label in ("time", "steps"):
+            row.append(f"{summary[label].get('scores', {}).get(s, float('nan')):.3f}")
+        sp = summary["time"].get("speedup", {}).get(s)
+        if sp is None or sp["geomean"] is None:
+            row.append("—")
+        else:
+            row.append(f"{sp['geomean']:.2f}× ({sp['workloads']})")
+        cells = summary["time"]["cells"][s]
+        row.append(f"{sum(c['median'] is not None for c in cells.values())}/{len(cells)}")
+        rows.append(row)
+    return rows
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _workload_rows(summary: Mapping[str, Any], label: str) -> list[list[str]]:
+    rows = []
+    for w, meta in summary["workloads"].items():
+        direction = "≥" if meta.get("higher_is_better", True) else "≤"
+        tgt = meta.get("target")
+        name = w + (" (held-out)" if meta.get("held_out") else "")
+        head = [name, f"{meta.get('metric_name', '?')} {direction} {tgt}"]
+        rows.append(head + [_cell(summary[label]["cells"][s][w], label == "steps")
+                            for s in summary["submissions"]])
+    return rows
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """A plain-text comparison table for the terminal: score, then median time per workload."""
+    subs = summary["submissions"]
+    header = ["", "score", "steps score", *summary["workloads"]]
+    rows = []
+    for s in subs:
+        row = [s, f"{summary['time'].get('scores', {}).get(s, float('nan')):.3f}",
+               f"{summary['steps'].get('scores', {}).get(s, float('nan')):.3f}"]
+        for w in summary["workloads"]:
+            c = summary["time"]["cells"][s][w]
+            row.append("—" if c["median"] is None else f"{c['median']:.1f}s")
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(n) for x, n in zip(r, widths)) for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * n for n in widths))
+    return "\n".join(lines) + "\n(median time to target over studies; — = not reached)"
+
+
+def _how_it_ran(summary: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for k, s in enumerate(summary["sessions"], 1):
+        m = s.get("machine", {})
+        lines.append(
+            f"- Session {k} ({s.get('started', '?')}, {_fmt(s.get('wall_s'))} s wall, "
+            f"{s.get('trials_run', '?')} trials run): {s.get('executor')}, "
+            f"**{s.get('concurrent_trials', '?')} concurrent trial(s)**, "
+            f"**{s.get('torch_threads_per_trial', '?')} torch thread(s) per trial**; "
+            f"machine: {m.get('cpu', '?')}, {m.get('available_cores', '?')} cores available "
+            f"({m.get('logical_cpus', '?')} logical), {m.get('platform', '?')}, "
+            f"Python {m.get('python', '?')}, torch {m.get('torch', '?')}."
+        )
+        la0, la1 = s.get("load_avg_start"), s.get("load_avg_end")
+        if la0 or la1:
+            fmt = lambda la: "?" if not la else f"{la[0]:.2f}"  # noqa: E731
+            lines.append(f"  Load average (1 min) at start / end: {fmt(la0)} / {fmt(la1)} "
+                         f"on {m.get('available_cores', '?')} cores (other processes count).")
+        if s.get("command"):
+            lines.append(f"  Command: `{s['command']}`")
+    return lines
+
+
+def _markdown(summary: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
+    cfg, rs = summary["config"], summary["ruleset"]
+    n_st = rs.get("num_studies")
+    if rs.get("name") == "self":
+        rules = (f"self-tuning (default hyperparameters, budget ×{rs.get('budget_scale')}, "
+                 f"{n_st} {'study' if n_st == 1 else 'studies'})")
+    else:
+        rules = (f"external tuning ({rs.get('num_trials')} Halton trials × "
+                 f"{rs.get('num_studies')} studies, budget ×{rs.get('budget_scale')})")
+    space = "custom file" if cfg.get("search_space") else "each submission's own"
+    parts = [
+        "# optforge bench report",
+        "",
+        f"Ruleset: {rules}; seed {cfg.get('seed')}"
+        + (f"; steps capped at {cfg['max_steps']} per trial" if cfg.get("max_steps") else "")
+        + (f"; search space: {space}" if rs.get("name") == "external" else "")
+        + ".",
+        f"Trials: {summary['trials']['recorded']} of {summary['trials']['planned']} recorded; "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(summary["status"].items())) + ".",
+        "",
+        "## How the trials ran",
+        "",
+        *_how_it_ran(summary),
+        "",
+        "Times are training (submission) seconds to the validation target, evaluation excluded, "
+        "measured while the listed number of trials shared the machine; compare them only "
+        "within this report. Steps to target do not depend on the machine.",
+        "",
+        "## Benchmark score",
+        "",
+        f"Normalized area under the performance profile for τ ∈ [1, {R_MAX:g}] (AlgoPerf; "
+        "1 = fastest on every scored workload). Speed-up: geometric mean over workloads both "
+        f"reached of t({summary.get('baseline')}) / t(submission) (number of workloads).",
+        "",
+        _md_table(["submission", "score (time)", "score (steps)",
+                   f"speed-up vs {summary.get('baseline')}", "workloads reached"],
+                  _score_rows(summary)),
+        "",
+        "## Time to target (s)",
+        "",
+        "Median over studies of the best trial's time [min–max over studies that reached the "
+        "target] (studies reaching / studies).",
+        "",
+        _md_table(["workload", "target", *summary["submissions"]],
+                  _workload_rows(summary, "time")),
+        "",
+        "## Steps to target",
+        "",
+        _md_table(["workload", "target", *summary["submissions"]],
+                  _workload_rows(summary, "steps")),
+        "",
+    ]
+    if figures.get("profile"):
+        parts += ["## Performance profiles", "", f"![performance profiles]({figures['profile']})",
+                  ""]
+    if figures.get("curves"):
+        parts += ["## Training curves", "",
+                  "Validation metric per evaluation of every trial; dashed line: target.", ""]
+        for w, f in figures["curves"].items():
+            parts += [f"### {w}", "", f"![{w}]({f})", ""]
+    if summary["errors"]:
+        parts += ["## Errors", "", *(f"- {e}" for e in summary["errors"]), ""]
+    if summary.get("trial_rows"):
+        parts += ["## All trials", "",
+                  _md_table(["trial", "status", "stopped by", "steps", "train s", "eval s",
+                             "best metric", "target reached"], summary["trial_rows"]), ""]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _plot_profiles(summary: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, (label, title) in zip(axes, (("time", "time to target"),
+                                          ("steps", "steps to target"))):
+        prof = summary[label].get("profile")
+        if prof:
+            for k, (s, rho) in enumerate(prof["rho"].items()):
+                score = summary[label]["scores"][s]
+                # Distinct dashes: profiles often coincide over long stretches.
+                ax.plot(prof["taus"], rho, drawstyle="steps-post", lw=1.8,
+                        ls=("-", "--", "-.", ":")[k % 4], label=f"{s} ({score:.3f})")
+        ax.set_xlabel("τ (ratio to the best submission)")
+        ax.set_title(f"Performance profile: {title}")
+        ax.set_xlim(1, R_MAX)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0].set_ylabel("fraction of workloads ρ(τ)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_curves(summary: Mapping[str, Any], workload: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta = summary["workloads"].get(workload, {})
+    subs = summary["submissions"]
+    colors = {s: f"C{i % 10}" for i, s in enumerate(subs)}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    labelled: set[str] = set()
+    for c in summary["curves"].get(workload, []):
+        s = c["submission"]
+        kw = {"color": colors.get(s, "k"), "alpha": 0.8, "lw": 1.2}
+        if s not in labelled:
+            kw["label"] = s
+            labelled.add(s)
+        axes[0].plot(c["step"], c["metric"], **kw)
+        kw.pop("label", None)
+        axes[1].plot(c["time"], c["metric"], **kw)
+    tgt = meta.get("target")
+    for ax in axes:
+        if tgt is not None:
+            ax.axhline(tgt, ls="--", color="gray", lw=1)
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel("step")
+    axes[1].set_xlabel("training time (s)")
+    axes[0].set_ylabel(meta.get("metric_name", "metric"))
+    values = [v for c in summary["curves"].get(workload, []) for v in c["metric"]
+              if v is not None]
+    if values and min(values) > 0 and max(values) / min(values) > 30:
+        axes[0].set_yscale("log")  # e.g. an MSE falling over decades
+    fig.suptitle(workload)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out_dir: str | Path, *, baseline: str | None = None,
+                 figures: bool = True) -> Path:
+    """Write ``report.md``, ``summary.json`` and the PNGs into ``out_dir``; return the
+    report's path."""
+    out = Path(out_dir)
+    summary = summarize(out, baseline=baseline)
+    figs: dict[str, Any] = {}
+    try:
+        if figures:
+            _plot_profiles(summary, out / "performance_profile.png")
+            figs["profile"] = "performance_profile.png"
+            figs["curves"] = {}
+            for w in summary["workloads"]:
+                if summary["curves"].get(w):
+                    name = f"curves_{w}.png"
+                    _plot_curves(summary, w, out / name)
+                    figs["curves"][w] = name
+        # Curves stay in the trial records; the summary keeps the numbers.
+        slim = {k: v for k, v in summary.items() if k not in ("curves", "trial_rows")}
+        (out / "summary.json").write_text(json.dumps(slim, indent=1) + "\n", encoding="utf-8")
+        path = out / "report.md"
+        path.write_text(_markdown(summary, figs), encoding="utf-8")
+    except OSError as e:
+        raise BenchError(f"cannot write the report into {out}: {e.strerror or e}") from None
+    return path
