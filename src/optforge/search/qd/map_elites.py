@@ -1,0 +1,364 @@
+"""MAP-Elites as an ask/tell search algorithm: an archive, its emitters, and one seeded generator.
+
+Mouret & Clune 2015 (arXiv 1504.04909); the batch form with pluggable emitters follows pyribs'
+scheduler (Tjanaka et al., GECCO 2023), but evaluation is decoupled by candidate id: tell any
+subset of pending candidates in any order, discard failures, and resume exactly from a
+``state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from optforge._validation import check_int
+from optforge.search.base import (
+    Candidate,
+    SearchAlgorithm,
+    array_from_state,
+    array_to_state,
+    check_finite_number,
+    check_ids,
+    rng_from_state,
+    rng_to_state,
+)
+from optforge.search.qd.archive import ArchiveBase, ArchiveStats
+from optforge.search.qd.emitters import EmitterBase
+
+__all__ = ["MapElites"]
+
+_VERSION = 1
+
+
+class MapElites(SearchAlgorithm):
+    """MAP-Elites (and its variants, chosen by archive and emitters) with ask/tell by id.
+
+    ``ask(n)`` draws ``n`` candidates from the emitters (``n = None``: each emitter its
+    ``batch_size``; otherwise ``n`` is split across emitters in proportion to their batch sizes).
+    A candidate's ``value`` is its float64 solution vector. ``tell(ids, results)`` takes one
+    ``(objective, measures)`` pair per id (objective: finite float, higher is better; measures:
+    ``(measure_dim,)`` finite) and inserts them into the archive in increasing id order, so a tell
+    is independent of the order of ``ids``; results of a partial tell enter the archive at once.
+
+    Args:
+        archive: a :class:`GridArchive`, :class:`CVTArchive`, ... (soft thresholds included).
+        emitters: one or more distinct :class:`EmitterBase` objects on ``archive``.
+        seed: seeds the single ``np.random.default_rng(seed)`` all emitters draw from (>= 0).
+        result_archive: optional second archive that receives every told result (CMA-MAE reports
+            from an elitist result archive, since a soft archive can lose its best solution).
+
+    Example::
+
+        archive = GridArchive(solution_dim=100, dims=(100, 100), ranges=[(-256, 256)] * 2)
+        search = MapElites(archive, [GaussianEmitter(archive, sigma=0.5, batch_size=540)], seed=0)
+        for _ in range(1000):
+            cands = search.ask()
+            search.tell([c.id for c in cands], [evaluate(c.value) for c in cands])
+        search.stats.qd_score
+    """
+
+    maximize = True
+
+    def __init__(
+        self,
+        archive: ArchiveBase,
+        emitters: Sequence[EmitterBase] | EmitterBase,
+        seed: int = 0,
+        *,
+        result_archive: ArchiveBase | None = None,
+    ) -> None:
+        if not isinstance(archive, ArchiveBase):
+            raise TypeError(f"archive must be an ArchiveBase (got {type(archive).__name__})")
+        if isinstance(emitters, EmitterBase):
+            emitters = [emitters]
+        emitters = list(emitters)
+        if not emitters:
+            raise ValueError("emitters must hold at least one emitter (got an empty sequence)")
+        for i, e in enumerate(emitters):
+            if not isinstance(e, EmitterBase):
+                raise TypeError(f"emitters[{i}] must be an EmitterBase (got {type(e).__name__})")
+            if e.archive is not archive:
+                raise ValueError(f"emitters[{i}] reads a different archive than archive=")
+        if len({id(e) for e in emitters}) != len(emitters):
+            raise ValueError(
+                "emitters must be distinct objects (got the same object more than once); "
+                "build them with [Emitter(...) for _ in range(k)], not [Emitter(...)] * k"
+            )
+        if result_archive is not None:
+            if not isinstance(result_archive, ArchiveBase):
+                raise TypeError(
+                    f"result_archive must be an ArchiveBase (got {type(result_archive).__name__})"
+                )
+            if (result_archive.solution_dim, result_archive.measure_dim) != (
+                archive.solution_dim,
+                archive.measure_dim,
+            ):
+                raise ValueError(
+                    "result_archive must have the archive's solution_dim and measure_dim "
+                    f"({archive.solution_dim}, {archive.measure_dim}) (got "
+                    f"({result_archive.solution_dim}, {result_archive.measure_dim}))"
+                )
+        self.archive = archive
+        self.emitters = emitters
+        self.result_archive = result_archive
+        self.seed = check_int("seed", seed, low=0)
+        self._rng = np.random.default_rng(self.seed)
+        self._next_id = 0
+        # Pending candidates live in the batch they were asked in: id -> first id of its batch,
+        # and first id -> [solutions (k, d), emitter of each row (k,), rows still pending]. Row
+        # of id i is i - first. Solutions are private copies of what was asked.
+        self._pending: dict[int, int] = {}
+        self._batches: dict[int, list] = {}
+        self.num_told = 0
+
+    @property
+    def batch_size(self) -> int:
+        """The natural batch: the sum of the emitters' batch sizes."""
+        return sum(e.batch_size for e in self.emitters)
+
+    @property
+    def stats(self) -> ArchiveStats:
+        """Statistics of the result archive if there is one, else of the archive."""
+        return (self.result_archive or self.archive).stats
+
+    # -- ask / tell ---------------------------------------------------------------------------
+
+    def _split(self, n: int) -> list[int]:
+        sizes = np.array([e.batch_size for e in self.emitters], dtype=np.float64)
+        exact = n * sizes / sizes.sum()
+        counts = np.floor(exact).astype(np.int64)
+        # Largest remainder, ties to the earlier emitter: deterministic and sums to n.
+        extra = np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]
+        counts[extra] += 1
+        return counts.tolist()
+
+    def ask(self, n: int | None = None) -> list[Candidate]:
+        """Propose ``n`` candidates (default: :attr:`batch_size`)."""
+        if n is None:
+            counts = [e.batch_size for e in self.emitters]
+        else:
+            counts = self._split(check_int("n", n, low=1))
+        d = self.archive.solution_dim
+        batches, owner = [], []
+        for i, (e, k) in enumerate(zip(self.emitters, counts)):
+            if k == 0:
+                continue
+            sol = np.asarray(e.ask(k, self._rng), dtype=np.float64)
+            if sol.shape != (k, d):
+                raise RuntimeError(
+                    f"{type(e).__name__}.ask({k}) returned shape {sol.shape}, expected ({k}, {d})"
+                )
+            batches.append(sol)
+            owner.extend([i] * k)
+        solutions = np.concatenate(batches) if len(batches) > 1 else batches[0]
+        first, k = self._next_id, len(solutions)
+        ids = range(first, first + k)
+        # Our copy stays intact whatever the caller does with its values.
+        self._batches[first] = [solutions.copy(), np.array(owner, dtype=np.int64), k]
+        self._pending.update(dict.fromkeys(ids, first))
+        self._next_id += k
+        owners = self._batches[first][1]
+        for i, e in enumerate(self.emitters):
+            rows = np.flatnonzero(owners == i)
+            if rows.size:
+                e.asked(first + rows)
+        return list(map(Candidate, ids, solutions))
+
+    def _take(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Solutions and emitter indices of pending ids (no removal)."""
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        firsts = np.fromiter((self._pending[i] for i in ids), dtype=np.int64, count=len(ids))
+        d = self.archive.solution_dim
+        solutions, owner = np.empty((len(ids), d)), np.empty(len(ids), dtype=np.int64)
+        for first in np.unique(firsts):
+            rows = np.flatnonzero(firsts == first)
+            batch = self._batches[int(first)]
+            solutions[rows] = batch[0][ids_arr[rows] - first]
+            owner[rows] = batch[1][ids_arr[rows] - first]
+        return solutions, owner
+
+    def _forget(self, ids: list[int]) -> None:
+        for i in ids:
+            first = self._pending.pop(i)
+            batch = self._batches[first]
+            batch[2] -= 1
+            if batch[2] == 0:
+                del self._batches[first]
+
+    def _parse(self, ids: list[int], results: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        n, m = len(ids), self.archive.measure_dim
+        # Fast path: well-formed pairs of numbers convert in two numpy calls.
+        try:
+            pairs = [(f, b) for f, b in results]
+            objectives = np.array([f for f, _ in pairs], dtype=np.float64)
+            measures = np.array([b for _, b in pairs], dtype=np.float64)
+        except (TypeError, ValueError, RuntimeError):
+            objectives = measures = None
+        if (
+            objectives is not None
+            and objectives.shape == (n,)
+            and measures.shape == (n, m)
+            and np.isfinite(objectives).all()
+            and np.isfinite(measures).all()
+        ):
+            return objectives, measures
+        return self._parse_slowly(ids, results)
+
+    def _parse_slowly(
+        self, ids: list[int], results: Sequence[Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # One result at a time, to name the offending id in the error.
+        m = self.archive.measure_dim
+        objectives = np.empty(len(ids))
+        measures = np.empty((len(ids), m))
+        for row, (cid, r) in enumerate(zip(ids, results)):
+            if (
+                isinstance(r, (str, bytes, dict))
+                or not isinstance(r, (Sequence, np.ndarray))
+                or len(r) != 2
+            ):
+                raise ValueError(
+                    f"result for id {cid} must be a pair (objective, measures) (got {r!r})"
+                )
+            objectives[row] = check_finite_number(f"objective of id {cid}", r[0])
+            b = r[1].detach().cpu().numpy() if isinstance(r[1], torch.Tensor) else r[1]
+            b = np.asarray(b, dtype=np.float64)
+            if b.shape != (m,):
+                raise ValueError(
+                    f"measures of id {cid} must have shape ({m},) (m = archive.measure_dim) "
+                    f"(got shape {b.shape})"
+                )
+            if not np.all(np.isfinite(b)):
+                raise ValueError(f"measures of id {cid} must be finite (got {b})")
+            measures[row] = b
+        return objectives, measures
+
+    def check_result(self, result: Any) -> None:
+        """Raise ``ValueError``/``TypeError`` if ``result`` is not a valid ``(objective,
+        measures)`` pair; used by :func:`optforge.search.run` to route bad results to its
+        failure policy."""
+        self._parse([-1], [result])
+
+    def tell(self, ids: Sequence[int], results: Sequence[Any]) -> None:
+        """Report ``(objective, measures)`` for pending ``ids`` (any order, any subset).
+
+        Raises ``ValueError`` (and changes nothing) for an id that is not pending, a repeated
+        id, a length mismatch, a non-finite objective or measure, or measures of the wrong shape.
+        """
+        ids = check_ids(ids, self._pending, results)
+        objectives, measures = self._parse(ids, results)
+        self._insert(ids, objectives, measures)
+
+    def tell_arrays(self, ids: Sequence[int], objectives: Any, measures: Any) -> None:
+        """Vectorized :meth:`tell`: ``objectives (n,)`` and ``measures (n, m)`` arrays."""
+        ids = check_ids(ids, self._pending)
+        n, m = len(ids), self.archive.measure_dim
+        obj = np.asarray(objectives, dtype=np.float64)
+        meas = np.asarray(measures, dtype=np.float64)
+        if obj.shape != (n,) or meas.shape != (n, m):
+            raise ValueError(
+                f"objectives must have shape ({n},) and measures ({n}, {m}) "
+                f"(got {obj.shape} and {meas.shape})"
+            )
+        bad = ~(np.isfinite(obj) & np.isfinite(meas).all(axis=1))
+        if bad.any():
+            raise ValueError(
+                f"objectives and measures must be finite (got inf or nan for ids "
+                f"{[ids[i] for i in np.flatnonzero(bad)[:10]]})"
+            )
+        self._insert(ids, obj, meas)
+
+    def _insert(self, ids: list[int], objectives: np.ndarray, measures: np.ndarray) -> None:
+        if not ids:
+            return
+        order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
+        ids = [ids[i] for i in order]
+        objectives, measures = objectives[order], measures[order]
+        solutions, owner = self._take(ids)
+        feedback = self.archive.add(solutions, objectives, measures)
+        if self.result_archive is not None:
+            self.result_archive.add(solutions, objectives, measures)
+        for i, e in enumerate(self.emitters):
+            rows = np.flatnonzero(owner == i)
+            if rows.size:
+                sub = type(feedback)(*(a[rows] for a in feedback))
+                e.tell(
+                    solutions[rows],
+                    objectives[rows],
+                    measures[rows],
+                    sub,
+                    ids=np.asarray(ids, dtype=np.int64)[rows],
+                )
+        self._forget(ids)
+        self.num_told += len(ids)
+
+    def discard(self, ids: Sequence[int]) -> None:
+        """Forget pending ids whose evaluation failed."""
+        ids = check_ids(ids, self._pending)
+        _, owner = self._take(ids)
+        self._forget(ids)
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        for i, e in enumerate(self.emitters):
+            rows = np.flatnonzero(owner == i)
+            if rows.size:
+                e.forget(ids_arr[rows])
+
+    @property
+    def pending(self) -> list[int]:
+        return sorted(self._pending)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        ids = self.pending
+        sols, owner = self._take(ids)
+        state = {
+            "version": _VERSION,
+            "seed": self.seed,
+            "next_id": self._next_id,
+            "num_told": self.num_told,
+            "rng": rng_to_state(self._rng),
+            "archive": self.archive.state_dict(),
+            "emitters": [e.state_dict() for e in self.emitters],
+            "pending_ids": torch.tensor(ids, dtype=torch.int64),
+            "pending_solutions": array_to_state(sols),
+            "pending_emitters": array_to_state(owner),
+        }
+        if self.result_archive is not None:
+            state["result_archive"] = self.result_archive.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != _VERSION:
+            raise ValueError(f"state version must be {_VERSION} (got {state.get('version')})")
+        if len(state["emitters"]) != len(self.emitters):
+            raise ValueError(
+                f"state has {len(state['emitters'])} emitters but this search has "
+                f"{len(self.emitters)}"
+            )
+        if ("result_archive" in state) != (self.result_archive is not None):
+            raise ValueError("state and this search disagree on having a result_archive")
+        self.archive.load_state_dict(state["archive"])
+        if self.result_archive is not None:
+            self.result_archive.load_state_dict(state["result_archive"])
+        for e, s in zip(self.emitters, state["emitters"]):
+            e.load_state_dict(s)
+        self.seed = int(state["seed"])
+        self._next_id = int(state["next_id"])
+        self.num_told = int(state["num_told"])
+        self._rng = rng_from_state(state["rng"])
+        sols = array_from_state(state["pending_solutions"])
+        owner = array_from_state(state["pending_emitters"]).astype(np.int64)
+        ids = array_from_state(state["pending_ids"]).astype(np.int64)
+        self._pending, self._batches = {}, {}
+        if ids.size:
+            # One batch spanning the pending ids; rows of ids no longer pending stay unused.
+            first, span = int(ids.min()), int(ids.max() - ids.min() + 1)
+            all_sols = np.zeros((span, self.archive.solution_dim))
+            all_owner = np.zeros(span, dtype=np.int64)
+            all_sols[ids - first], all_owner[ids - first] = sols, owner
+            self._batches[first] = [all_sols, all_owner, int(ids.size)]
+            self._pending = dict.fromkeys(ids.tolist(), first)
