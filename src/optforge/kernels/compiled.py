@@ -89,17 +89,21 @@ def _fused_loop(
     n_out: int,
     hyper: Mapping[str, Any],
 ) -> None:
-    per_device: dict[torch.device, dict[str, Any]] = {}
+    scalars: dict[tuple[torch.device, torch.dtype], dict[str, Any]] = {}
     for tensors in zip(*tensor_lists):
-        device = tensors[0].device
-        if device not in per_device:
-            per_device[device] = {
+        # Scalars in the parameter's compute precision (fp32 for fp32/bf16/fp16, fp64 for fp64):
+        # fp64 scalars made inductor do part of an fp32 rule in double, 16% slower (11.3 ms vs
+        # 9.5 ms for a Lion step on 31M fp32 params, 2 cores), and eager fp32 math rounds
+        # Python-float scalars to fp32 anyway.
+        key = (tensors[0].device, torch.promote_types(tensors[0].dtype, torch.float32))
+        if key not in scalars:
+            scalars[key] = {
                 k: v
                 if v is None or isinstance(v, bool)
-                else torch.tensor(v, dtype=torch.float64, device=device)
+                else torch.tensor(v, dtype=key[1], device=key[0])
                 for k, v in hyper.items()
             }
         if all(t.is_contiguous() for t in tensors):
-            fn([_flat(t) for t in tensors], per_device[device])
+            fn([_flat(t) for t in tensors], scalars[key])
         else:  # strided views: rare, and the eager rule is the reference anyway
             _eager_(rule, tensors, n_out, hyper)
