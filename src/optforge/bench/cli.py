@@ -6,6 +6,7 @@ Commands::
     optforge bench run --workloads a,b --submissions x,y --ruleset external|self
                        --trials N --studies M --out DIR [--jobs K] [--seed S]
                        [--search-space FILE] [--threads T] [--max-steps S]
+                       [--tuner halton|bo]
     optforge bench report DIR
     optforge bench list
 
@@ -96,7 +97,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     r.add_argument("--submissions", type=_names, required=True,
                    help="comma-separated submission names")
     r.add_argument("--ruleset", choices=("external", "self"), default="external",
-                   help="external: Halton search over the search space; self: default "
+                   help="external: search over the search space (see --tuner); self: default "
                    "hyperparameters, budget x1.5 (default external)")
     r.add_argument("--trials", type=_positive_int("--trials"), default=5,
                    help="trials per study under external tuning (default 5)")
@@ -104,6 +105,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="independent studies (default 3)")
     r.add_argument("--search-space", default=None,
                    help="AlgoPerf search-space JSON (default: each submission's own)")
+    r.add_argument("--tuner", choices=("halton", "bo"), default="halton",
+                   help="external tuning: halton draws every configuration up front (AlgoPerf); "
+                   "bo runs Bayesian optimization per study, in rounds of --jobs (or 1) "
+                   "trials (default halton)")
     _add_common(r, None)
 
     rep = cmds.add_parser("report", help="(re)write DIR/report.md from DIR's trial records")
@@ -171,6 +176,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from optforge.bench.search_space import load_search_space
     from optforge.bench.study import BenchConfig, BenchError
 
+    if args.tuner != "halton" and args.ruleset != "external":
+        raise BenchError(f"--tuner {args.tuner} applies to --ruleset external only "
+                         f"(got --ruleset {args.ruleset})")
     space = None
     if args.search_space is not None:
         if args.ruleset != "external":
@@ -186,6 +194,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         search_space=space,
         torch_threads=args.threads,
         max_steps=args.max_steps,
+        # BO's rounds hold --jobs trials per study: part of the configuration, since it
+        # changes which trials are proposed.
+        **({"tuner": "bo", "tuner_batch": args.jobs or 1} if args.tuner == "bo" else {}),
     )
     return _run(args, cfg)
 

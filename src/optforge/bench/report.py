@@ -270,6 +270,10 @@ def _markdown(summary: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
     if rs.get("name") == "self":
         rules = (f"self-tuning (default hyperparameters, budget ×{rs.get('budget_scale')}, "
                  f"{n_st} {'study' if n_st == 1 else 'studies'})")
+    elif cfg.get("tuner", "halton") == "bo":
+        rules = (f"external tuning by Bayesian optimization ({rs.get('num_trials')} trials × "
+                 f"{rs.get('num_studies')} studies, rounds of {cfg.get('tuner_batch')} trial(s) "
+                 f"per study, budget ×{rs.get('budget_scale')})")
     else:
         rules = (f"external tuning ({rs.get('num_trials')} Halton trials × "
                  f"{rs.get('num_studies')} studies, budget ×{rs.get('budget_scale')})")

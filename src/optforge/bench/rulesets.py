@@ -41,6 +41,7 @@ __all__ = [
     "plan_trials",
     "self_tuning",
     "study_bests",
+    "submission_space",
 ]
 
 #: AlgoPerf's self-tuning runtime budget relative to the external-tuning budget.
@@ -146,6 +147,20 @@ def _trial_id(workload: str, submission: str, study: int, trial: int) -> str:
     return f"{_SAFE.sub('_', workload)}--{_SAFE.sub('_', submission)}--s{study}-t{trial}"
 
 
+def submission_space(name: str, submission: Any, override: SearchSpace | None) -> SearchSpace:
+    """The space external tuning searches for ``submission``: ``override`` if given, else the
+    submission's own ``search_space`` (ValueError if it has none)."""
+    if override is not None:
+        return override
+    raw = getattr(submission, "search_space", None)
+    if not raw:
+        raise ValueError(
+            f"submission '{name}' has no search space; use the self-tuning "
+            "ruleset or pass a search-space file"
+        )
+    return parse_search_space(raw, where=f"search space of '{name}'")
+
+
 def plan_trials(
     workloads: Sequence[str],
     submissions: Mapping[str, Any],
@@ -176,15 +191,7 @@ def plan_trials(
     for sub_name, sub in submissions.items():
         defaults = dict(getattr(sub, "default_hparams", {}) or {})
         if ruleset.name == "external":
-            space = search_space
-            if space is None:
-                raw = getattr(sub, "search_space", None)
-                if not raw:
-                    raise ValueError(
-                        f"submission '{sub_name}' has no search space; use the self-tuning "
-                        "ruleset or pass a search-space file"
-                    )
-                space = parse_search_space(raw, where=f"search space of '{sub_name}'")
+            space = submission_space(sub_name, sub, search_space)
             studies = space.assign_studies(ruleset.num_trials, ruleset.num_studies, seed=seed)
         else:
             studies = [[{}] for _ in range(ruleset.num_studies)]

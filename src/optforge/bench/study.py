@@ -35,6 +35,7 @@ from typing import Any
 
 from optforge.bench.rulesets import PlannedTrial, get_ruleset, plan_trials
 from optforge.bench.search_space import SearchSpace, parse_search_space
+from optforge.bench.tuners import BayesianTuner, check_tuner
 
 __all__ = [
     "BenchConfig",
@@ -46,6 +47,7 @@ __all__ = [
     "load_records",
     "machine_info",
     "run_benchmark",
+    "run_rounds",
     "run_trials",
 ]
 
@@ -269,6 +271,36 @@ def run_trials(
     return [done[t.trial_id] for t in trials], len(todo)
 
 
+def run_rounds(
+    next_round: Callable[[dict[str, dict[str, Any]]], Sequence[PlannedTrial]],
+    trial_ids: Sequence[str],
+    out_dir: str | Path,
+    **kwargs: Any,
+) -> tuple[list[dict[str, Any]], int]:
+    """Run trials whose configurations depend on earlier results (e.g. BO): repeatedly ask
+    ``next_round(recorded trials)`` for the next trials and run them with :func:`run_trials`
+    (``kwargs``), until it returns none; return ``(records of trial_ids, trials run now)``.
+
+    The records are read back from ``out_dir`` before each round, so a resumed run and an
+    uninterrupted one hand ``next_round`` the same data.
+    """
+    ran = 0
+    while True:
+        done = load_records(out_dir)
+        batch = next_round(done)
+        if not batch:
+            break
+        _, n = run_trials(batch, out_dir, **kwargs)
+        if n == 0:  # every proposed trial was recorded already: the tuner would loop forever
+            raise BenchError("the tuner proposed only trials that are already recorded")
+        ran += n
+    missing = [i for i in trial_ids if i not in done]
+    if missing:
+        raise BenchError(f"{len(missing)} planned trial(s) were never proposed, e.g. "
+                         f"{missing[0]}")
+    return [done[i] for i in trial_ids], ran
+
+
 # ---------------------------------------------------------------------------- runs
 
 
@@ -279,13 +311,16 @@ class BenchConfig:
     Attributes:
         workloads: workload names.
         submissions: submission names.
-        ruleset: ``"external"`` (Halton search) or ``"self"`` (defaults, budget x1.5).
+        ruleset: ``"external"`` (tuned by ``tuner``) or ``"self"`` (defaults, budget x1.5).
         num_trials: trials per study (external tuning).
         num_studies: independent studies; the per-workload time is their median.
         seed: master seed (Halton shuffle, trial seeds).
         search_space: AlgoPerf search space overriding every submission's own (decoded JSON).
         torch_threads: torch threads per trial.
         max_steps: optional cap on steps per trial (smoke tests).
+        tuner: external tuning's ``"halton"`` (AlgoPerf) or ``"bo"`` (Bayesian optimization,
+            :mod:`optforge.bench.tuners`).
+        tuner_batch: BO suggestions per round and study (the CLI passes ``--jobs``, or 1).
     """
 
     workloads: list[str]
@@ -298,11 +333,16 @@ class BenchConfig:
     torch_threads: int = 1
     max_steps: int | None = None
     label: str = field(default="", compare=False)
+    tuner: str = "halton"
+    tuner_batch: int = 1
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         if self.ruleset == "self":
             d["num_trials"] = 1
+        if self.tuner == "halton":
+            # Halton runs keep the run.json they had before tuners existed (and resume).
+            del d["tuner"], d["tuner_batch"]
         return d
 
 
@@ -400,6 +440,10 @@ def run_benchmark(
             or that holds a different configuration, or trials whose worker died.
     """
     out = Path(out_dir)
+    try:
+        check_tuner(cfg.tuner, cfg.ruleset)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
     ruleset = get_ruleset(cfg.ruleset, num_trials=cfg.num_trials, num_studies=cfg.num_studies)
     space: SearchSpace | None = None
     if cfg.search_space is not None:
@@ -407,10 +451,18 @@ def run_benchmark(
             raise BenchError("a search space applies to the external-tuning ruleset only")
         space = parse_search_space(cfg.search_space)
     workloads, submissions = _resolve(cfg)
+    tuner: BayesianTuner | None = None
     try:
-        plan = plan_trials(cfg.workloads, submissions, ruleset, seed=cfg.seed,
-                           search_space=space, torch_threads=cfg.torch_threads,
-                           max_steps=cfg.max_steps)
+        if cfg.tuner == "bo":
+            tuner = BayesianTuner(cfg.workloads, submissions, ruleset, workloads, seed=cfg.seed,
+                                  search_space=space, batch_size=cfg.tuner_batch,
+                                  torch_threads=cfg.torch_threads, max_steps=cfg.max_steps)
+            trial_ids = tuner.trial_ids()
+        else:
+            plan = plan_trials(cfg.workloads, submissions, ruleset, seed=cfg.seed,
+                               search_space=space, torch_threads=cfg.torch_threads,
+                               max_steps=cfg.max_steps)
+            trial_ids = [t.trial_id for t in plan]
     except ValueError as e:
         raise BenchError(str(e)) from None
     prepare_out_dir(out)
@@ -434,11 +486,13 @@ def run_benchmark(
         info = {"config": config, "sessions": []}
     info["workloads"] = workloads
     info["ruleset"] = asdict(ruleset)
-    info["trial_ids"] = [t.trial_id for t in plan]
+    if tuner is not None:
+        info["tuner"] = tuner.describe()
+    info["trial_ids"] = trial_ids
 
     own = executor is None
     if own:
-        n_todo = sum(not (out / "trials" / f"{t.trial_id}.json").exists() for t in plan)
+        n_todo = sum(not (out / "trials" / f"{i}.json").exists() for i in trial_ids)
         executor = default_executor(jobs, cfg.torch_threads) if n_todo else InlineExecutor()
     name, concurrency = _describe_executor(executor)
     session = {
@@ -457,10 +511,14 @@ def run_benchmark(
     failed = True
     try:
         # Longest budgets first (LPT scheduling) so the long trials do not finish last alone.
-        records, ran = run_trials(
-            plan, out, executor=executor, trial_fn=trial_fn, progress=progress,
+        run_kwargs = dict(
+            executor=executor, trial_fn=trial_fn, progress=progress,
             priority=lambda t: -float(workloads[t.workload].get("time_budget_s") or 0.0),
         )
+        if tuner is None:
+            records, ran = run_trials(plan, out, **run_kwargs)
+        else:
+            records, ran = run_rounds(tuner.next_round, trial_ids, out, **run_kwargs)
         failed = False
     finally:
         session["wall_s"] = round(time.perf_counter() - t0, 3)
@@ -470,7 +528,7 @@ def run_benchmark(
         if own:  # on Ctrl-C do not wait for running trials: their results are discarded
             executor.shutdown(wait=not failed, cancel_futures=True)
         _write_json(run_path, info)
-    return RunResult(out, records, ran, len(plan) - ran, info)
+    return RunResult(out, records, ran, len(trial_ids) - ran, info)
 
 
 def prepare_out_dir(out: Path) -> None:
