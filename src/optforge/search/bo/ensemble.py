@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from optforge._validation import check_int, check_positive
-from optforge.search.bo.surrogate import Surrogate
+from optforge.search.bo.surrogate import Surrogate, as_training_data
 
 __all__ = ["DeepEnsemble"]
 
@@ -134,13 +134,7 @@ class DeepEnsemble(Surrogate):
     # ------------------------------------------------------------------------ surrogate
     def fit(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> DeepEnsemble:
         """Train every member from scratch on its own ``train_fraction`` of ``(X, y)``."""
-        X = np.asarray(X, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        if X.ndim != 2 or y.shape != (X.shape[0],) or X.shape[0] == 0:
-            raise ValueError(
-                f"X must have shape (n, d) with n >= 1 and y shape (n,) "
-                f"(got X {X.shape}, y {y.shape})"
-            )
+        X, y = as_training_data(X, y)
         gen = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
         n = len(X)
         k = max(1, math.ceil(self.train_fraction * n))

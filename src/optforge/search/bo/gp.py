@@ -57,7 +57,7 @@ from scipy.linalg import cho_solve, cholesky
 from scipy.optimize import minimize
 
 from optforge._validation import check_int, check_positive
-from optforge.search.bo.surrogate import Surrogate
+from optforge.search.bo.surrogate import Surrogate, as_training_data
 
 __all__ = [
     "GPHyperparameters",
@@ -254,13 +254,7 @@ class GaussianProcess(Surrogate):
 
     # ----------------------------------------------------------------------- fitting
     def _set_data(self, X: np.ndarray, y: np.ndarray) -> None:
-        X = np.asarray(X, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        if X.ndim != 2 or y.shape != (X.shape[0],) or X.shape[0] == 0:
-            raise ValueError(
-                f"X must have shape (n, d) with n >= 1 and y shape (n,) "
-                f"(got X {X.shape}, y {y.shape})"
-            )
+        X, y = as_training_data(X, y)
         if not (np.isfinite(X).all() and np.isfinite(y).all()):
             raise ValueError("X and y must be finite")
         self.y_mean = float(y.mean())

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-__all__ = ["Surrogate"]
+__all__ = ["Surrogate", "as_training_data"]
 
 
 class Surrogate(ABC):
@@ -57,3 +57,14 @@ class Surrogate(ABC):
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
         return None
+
+
+def as_training_data(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, y)`` as float64 arrays; ``X`` must be ``n x d`` with ``n >= 1`` and ``y`` ``(n,)``."""
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if X.ndim != 2 or y.shape != (X.shape[0],) or X.shape[0] == 0:
+        raise ValueError(
+            f"X must have shape (n, d) with n >= 1 and y shape (n,) (got X {X.shape}, y {y.shape})"
+        )
+    return X, y
