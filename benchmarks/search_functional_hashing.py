@@ -21,33 +21,10 @@ import numpy as np
 
 from optforge.search.evolution import RegularizedEvolution
 from optforge.search.hashing import FunctionalHash, FunctionalHashing, ProgramProbe
-from optforge.search.programs import Program, ProgramSpace
+from optforge.search.programs import Program, toy_domain
 
-SPACE = ProgramSpace(
-    ("g", "m"),
-    n_registers=4,
-    max_length=10,
-    init_length=(10, 10),
-    ops=["add", "sub", "mul", "div", "sign", "square", "tanh", "sqrt_abs"],
-    mutation_weights={
-        "randomize": 4,
-        "op": 1,
-        "operand": 3,
-        "insert": 0,
-        "delete": 0,
-        "constant": 0,
-    },
-)
-_rng = np.random.default_rng(1)
-X = {"g": 2 * _rng.standard_normal(256), "m": 2 * _rng.standard_normal(256)}
-Y = Program.from_expression("mul(g, sign(m))", inputs=("g", "m"))(**X)
+SPACE, fitness = toy_domain()
 N_PROBES = 64
-
-
-def fitness(program: Program) -> float:
-    with np.errstate(all="ignore"):
-        err = float(np.mean((program(**X) - Y) ** 2))
-    return -min(err, 1e6) if np.isfinite(err) else -1e6
 
 
 def one_run(children: int, seed: int) -> dict:

@@ -20,7 +20,7 @@ from optforge.search.hashing import (
     fingerprint,
     round_significant,
 )
-from optforge.search.programs import Instruction, Program, ProgramSpace
+from optforge.search.programs import Instruction, Program, ProgramSpace, toy_domain
 
 
 def _roundtrip(obj):
@@ -188,31 +188,7 @@ def test_cache_state_round_trip_and_errors():
 
 # -- the toy domain (reference card §7) ------------------------------------------------------
 
-TOY_SPACE = ProgramSpace(
-    ("g", "m"),
-    n_registers=4,
-    max_length=10,
-    init_length=(10, 10),
-    ops=["add", "sub", "mul", "div", "sign", "square", "tanh", "sqrt_abs"],
-    # As the card's toy: replace an instruction (p = 0.5) or one field of it.
-    mutation_weights={
-        "randomize": 4,
-        "op": 1,
-        "operand": 3,
-        "insert": 0,
-        "delete": 0,
-        "constant": 0,
-    },
-)
-_rng = np.random.default_rng(1)
-TOY_X = {"g": 2 * _rng.standard_normal(256), "m": 2 * _rng.standard_normal(256)}
-TOY_Y = Program.from_expression("mul(g, sign(m))", inputs=("g", "m"))(**TOY_X)
-
-
-def toy_fitness(program):
-    with np.errstate(all="ignore"):
-        err = float(np.mean((program(**TOY_X) - TOY_Y) ** 2))
-    return -min(err, 1e6) if np.isfinite(err) else -1e6
+TOY_SPACE, toy_fitness = toy_domain()
 
 
 def _toy_search(audit_rate, *, n_probes=64, significant_digits=6, seed=0):

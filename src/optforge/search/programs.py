@@ -57,7 +57,7 @@ import torch
 
 from optforge._validation import check_int
 
-__all__ = ["OPS", "Instruction", "Op", "Program", "ProgramSpace"]
+__all__ = ["OPS", "Instruction", "Op", "Program", "ProgramSpace", "toy_domain"]
 
 #: Safe-division smoothing: a·b / (b² + DIV_EPS) equals a/b to 1e-8 relative for |b| >= 1e-4.
 DIV_EPS = 1e-16
@@ -611,3 +611,36 @@ class ProgramSpace:
                 else:
                     code[i] = ins._replace(**{field: _other(rng, self.n_all, getattr(ins, field))})
         return Program(tuple(code), self.inputs, self.n_registers)
+
+
+def _negative_mse(program: Program, *, x: dict[str, np.ndarray], y: np.ndarray) -> float:
+    with np.errstate(all="ignore"):
+        err = float(np.mean((program(**x) - y) ** 2))
+    return -min(err, 1e6) if np.isfinite(err) else -1e6
+
+
+def toy_domain() -> tuple[ProgramSpace, Callable[[Program], float]]:
+    """The toy program domain of functional-hashing studies (search reference card §7).
+
+    Programs over ``g, m`` (4 registers, 10 instructions); a mutation replaces an instruction
+    (p = 0.5) or one field of it, so many children compute their parent's function. Fitness is
+    ``−MSE`` (capped at 1e6) against ``g·sign(m)`` on 256 fixed points. Shared by the tests and
+    ``benchmarks/search_functional_hashing.py``; the fitness pickles (process pools, Dask).
+
+    Returns:
+        ``(space, fitness)``.
+    """
+    space = ProgramSpace(
+        ("g", "m"),
+        n_registers=4,
+        max_length=10,
+        init_length=(10, 10),
+        ops=["add", "sub", "mul", "div", "sign", "square", "tanh", "sqrt_abs"],
+        mutation_weights={
+            "randomize": 4, "op": 1, "operand": 3, "insert": 0, "delete": 0, "constant": 0,
+        },
+    )
+    rng = np.random.default_rng(1)
+    x = {"g": 2 * rng.standard_normal(256), "m": 2 * rng.standard_normal(256)}
+    y = Program.from_expression("mul(g, sign(m))", inputs=("g", "m"))(**x)
+    return space, functools.partial(_negative_mse, x=x, y=y)
