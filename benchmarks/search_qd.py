@@ -195,6 +195,24 @@ def insert_throughput(kind: str, batch: int, repeats: int) -> dict:
     return out
 
 
+def print_table(results: dict, labels: dict) -> None:
+    """Markdown rows: median (min-max) QD score, coverage and ms/iteration per library."""
+    print("| Algorithm | Library | QD score | Coverage | ms / iteration |")
+    print("|---|---|---:|---:|---:|")
+    for name, by_lib in results.items():
+        for lib, rows in by_lib.items():
+            if not rows:
+                continue
+            qd = [r["qd_score"] for r in rows]
+            cov = [100 * r["coverage"] for r in rows]
+            ms = [r["ms_per_it"] for r in rows]
+            print(
+                f"| {labels[name][0]} | {lib} | {statistics.median(qd):,.0f} "
+                f"({min(qd):,.0f}-{max(qd):,.0f}) | {statistics.median(cov):.2f}% "
+                f"(min {min(cov):.2f}%) | {statistics.median(ms):.2f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=1000)
@@ -246,20 +264,7 @@ def main() -> None:
         f"\nSphere, d={DIM}, 100x100 grid, {BATCH}/iteration, {args.iterations} iterations, "
         f"median (min-max) of {args.seeds} seeds"
     )
-    print("| Algorithm | Library | QD score | Coverage | ms / iteration |")
-    print("|---|---|---:|---:|---:|")
-    for name in names:
-        for lib, rows in results["sphere"][name].items():
-            if not rows:
-                continue
-            qd = [r["qd_score"] for r in rows]
-            cov = [100 * r["coverage"] for r in rows]
-            ms = [r["ms_per_it"] for r in rows]
-            print(
-                f"| {ALGORITHMS[name][0]} | {lib} | {statistics.median(qd):,.0f} "
-                f"({min(qd):,.0f}-{max(qd):,.0f}) | {statistics.median(cov):.2f}% "
-                f"(min {min(cov):.2f}%) | {statistics.median(ms):.2f} |"
-            )
+    print_table(results["sphere"], ALGORITHMS)
 
     if args.cma_iterations > 0:
         results["cma"] = {}
@@ -275,20 +280,7 @@ def main() -> None:
             f"\nSphere, same setup, 15 CMA-ES emitters x 36, {args.cma_iterations} iterations, "
             f"median (min-max) of {args.cma_seeds} seeds"
         )
-        print("| Algorithm | Library | QD score | Coverage | ms / iteration |")
-        print("|---|---|---:|---:|---:|")
-        for name in CMA:
-            for lib, rows in results["cma"][name].items():
-                if not rows:
-                    continue
-                qd = [r["qd_score"] for r in rows]
-                cov = [100 * r["coverage"] for r in rows]
-                ms = [r["ms_per_it"] for r in rows]
-                print(
-                    f"| {CMA[name][0]} | {lib} | {statistics.median(qd):,.0f} "
-                    f"({min(qd):,.0f}-{max(qd):,.0f}) | {statistics.median(cov):.2f}% "
-                    f"(min {min(cov):.2f}%) | {statistics.median(ms):.2f} |"
-                )
+        print_table(results["cma"], CMA)
 
     if not args.no_pyribs:
         print(

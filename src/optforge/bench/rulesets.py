@@ -23,13 +23,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from optforge._seeding import derive_seed
 from optforge.bench.search_space import SearchSpace, parse_search_space
+from optforge.bench.trial import TrialSpec
 
 __all__ = [
     "SELF_TUNING_BUDGET_SCALE",
@@ -119,16 +120,10 @@ class PlannedTrial:
     max_steps: int | None = None
 
     def spec_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`optforge.bench.trial.TrialSpec`."""
-        return {
-            "workload": self.workload,
-            "submission": self.submission,
-            "hparams": dict(self.hparams),
-            "seed": self.seed,
-            "torch_threads": self.torch_threads,
-            "budget_scale": self.budget_scale,
-            "max_steps": self.max_steps,
-        }
+        """Keyword arguments of :class:`optforge.bench.trial.TrialSpec` (its fields, read here)."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(TrialSpec)}
+        kwargs["hparams"] = dict(self.hparams)
+        return kwargs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
