@@ -1,9 +1,19 @@
-"""Fused update kernels and the dispatch that picks them.
+"""Update kernels and the dispatch that picks them.
 
-Kernels know nothing of optimizer classes: they take a pure per-tensor update rule and lists of
-tensors. ``apply_rule_`` runs the rule eagerly or compiles it with ``torch.compile`` (CPU and CUDA).
+Kernels know nothing of optimizer classes: they take a pure per-tensor update ``Rule`` and lists
+of tensors. ``apply_rule_`` groups the tensors by (device, dtype) and runs each group on a
+backend: the eager loop (the reference), a flat multi-tensor path, ``torch.compile``, or a
+kernel registered for the rule with ``register_kernel`` (hand-written Triton kernels plug in
+there). An optimizer never imports Triton.
 """
 
-from optforge.kernels.compiled import apply_rule_
+from optforge.kernels.dispatch import (
+    BACKENDS,
+    Rule,
+    apply_rule_,
+    check_backend,
+    register_kernel,
+    resolve_backend,
+)
 
-__all__ = ["apply_rule_"]
+__all__ = ["BACKENDS", "Rule", "apply_rule_", "check_backend", "register_kernel", "resolve_backend"]

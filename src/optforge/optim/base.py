@@ -1,35 +1,291 @@
-"""The base of optforge's first-order optimizers: one step skeleton, checks, exact checkpoints.
+"""The base of optforge's optimizers: checks, declared state, exact checkpoints, two step skeletons.
 
-Subclasses declare their per-parameter state (``state_keys`` and ``_init_state``) and implement
-``_update_group(group, params, grads)``; the base class handles closures, sparse and non-finite
-gradients, lazy state, backend choice and loading a ``state_dict`` only when it comes from the
-same kind of optimizer.
+``OptimizerBase`` holds what every optimizer shares:
+
+* **Hyperparameter checks** run on construction, on ``add_param_group`` and on
+  ``load_state_dict`` alike (``_check_group``), plus the shared flags (booleans must be booleans;
+  ``fused`` and ``foreach`` conflict; ``backend`` names a real backend).
+* **Declared state.** ``state_schema(param, group)`` says which tensors a parameter keeps, with
+  each one's dtype, shape and device (``StateSpec``). Parameters of one optimizer may keep
+  different entries. State is created from it, and a checkpoint is checked against it.
+* **A loader that keeps dtypes.** torch's ``load_state_dict`` casts every floating state tensor to
+  the parameter's dtype (fp32 moments of a bf16 parameter come back as bf16). Ours runs the
+  load pre-hooks first (so they can repair a dict), validates every group and state entry with
+  a message naming the checkpoint entry, moves tensors to their device and keeps the declared
+  dtype.
+* **Settings that survive ``deepcopy``/``pickle``.** torch's ``__getstate__`` keeps only
+  ``defaults``, ``state`` and ``param_groups``; ours keeps every attribute but the hooks (which
+  torch drops too) and caches.
+* **A stable global parameter index** (``param_index``): the position of a parameter across all
+  groups, as in ``state_dict``. Seeded per-tensor random streams key on it.
+
+Two step skeletons stand on it: ``FirstOrderOptimizer`` (gather gradients, check, update) and
+``ZerothOrderOptimizer`` (closure required, no gradients, runs under ``no_grad``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from copy import deepcopy
+from dataclasses import dataclass
+from itertools import chain
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["ForgeOptimizer", "Implementation"]
+from optforge.kernels import BACKENDS, Rule
 
-Implementation = str  # "loop" | "foreach" | "fused"
+__all__ = [
+    "CHECK_FINITE_DOC",
+    "FirstOrderOptimizer",
+    "OptimizerBase",
+    "StateSpec",
+    "ZerothOrderOptimizer",
+]
 
 CHECK_FINITE_DOC = """check_finite: before touching any parameter or state, check that every
             gradient is finite and raise ``FloatingPointError`` otherwise (default True). Off,
             non-finite values flow into parameters and state as in torch.optim (one less pass
             over the gradients, and no host sync on CUDA)."""
 
+_HOOKS = (
+    "_optimizer_step_pre_hooks",
+    "_optimizer_step_post_hooks",
+    "_optimizer_state_dict_pre_hooks",
+    "_optimizer_state_dict_post_hooks",
+    "_optimizer_load_state_dict_pre_hooks",
+    "_optimizer_load_state_dict_post_hooks",
+)
+#: flags that must be real booleans (``None`` allowed where it means "let the library pick").
+_BOOL_FLAGS = {"maximize": False, "check_finite": False, "foreach": True, "fused": True}
 
-class ForgeOptimizer(Optimizer):
-    """Shared ``step`` skeleton; subclasses write only the update of one param group."""
 
-    #: names of the per-parameter state entries, used to reject foreign state_dicts.
-    state_keys: ClassVar[tuple[str, ...]] = ()
+@dataclass(frozen=True)
+class StateSpec:
+    """One per-parameter state tensor.
+
+    Args:
+        dtype: a ``torch.dtype``; ``"param"``: the parameter's; ``"at_least_fp32"``: fp32 for
+            bf16/fp16 parameters, the parameter's otherwise.
+        shape: a fixed shape (``()`` for a scalar) or None for the parameter's shape.
+        device: ``"param"`` (the parameter's device) or ``"cpu"`` (host counters).
+    """
+
+    dtype: torch.dtype | str = "param"
+    shape: tuple[int, ...] | None = None
+    device: str = "param"
+
+    def dtype_for(self, param: Tensor) -> torch.dtype:
+        if self.dtype == "param":
+            return param.dtype
+        if self.dtype == "at_least_fp32":
+            return torch.promote_types(param.dtype, torch.float32)
+        assert isinstance(self.dtype, torch.dtype)
+        return self.dtype
+
+    def shape_for(self, param: Tensor) -> tuple[int, ...]:
+        return tuple(param.shape) if self.shape is None else self.shape
+
+    def device_for(self, param: Tensor) -> torch.device:
+        return param.device if self.device == "param" else torch.device(self.device)
+
+    def zeros(self, param: Tensor) -> Tensor:
+        if self.shape is None and self.dtype == "param" and self.device == "param":
+            return torch.zeros_like(param, memory_format=torch.preserve_format)
+        return torch.zeros(
+            self.shape_for(param), dtype=self.dtype_for(param), device=self.device_for(param)
+        )
+
+
+class OptimizerBase(Optimizer):
+    """What every optforge optimizer shares; see the module docstring."""
+
+    #: the per-parameter state of every parameter, unless ``state_schema`` says otherwise.
+    state_spec: ClassVar[Mapping[str, StateSpec]] = {}
+    #: the rules this optimizer runs (used to refuse backends a rule cannot take).
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+    ) -> None:
+        #: the hyperparameters a checkpoint's groups must carry (torch adds others on load).
+        self._hyper_names = tuple(defaults)
+        super().__init__(params, defaults)
+
+    # -- to be provided by subclasses ---------------------------------------------------------
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Validate one group's hyperparameters (defaults merged in); raise with a clear message."""
+
+    def state_schema(self, param: Tensor, group: dict[str, Any]) -> Mapping[str, StateSpec]:
+        """The state entries ``param`` keeps (by default ``state_spec``)."""
+        return self.state_spec
+
+    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Create the state of ``param`` (zeros of the declared dtype, shape and device)."""
+        for key, spec in self.state_schema(param, group).items():
+            state[key] = spec.zeros(param)
+
+    # -- groups -----------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._validate_group({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+        self._index_cache = None
+        if any(p.is_meta for p in self.param_groups[-1]["params"]):
+            self.param_groups.pop()
+            raise ValueError(
+                f"{type(self).__name__}: a parameter is on the meta device and holds no data; "
+                "materialize the model (e.g. model.to_empty(device=...)) before creating the "
+                "optimizer"
+            )
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        for flag, none_ok in _BOOL_FLAGS.items():
+            if flag in group and not (
+                isinstance(group[flag], bool) or (none_ok and group[flag] is None)
+            ):
+                allowed = "True, False or None" if none_ok else "True or False"
+                raise TypeError(f"{flag} must be {allowed} (got {group[flag]!r})")
+        if group.get("fused") and group.get("foreach"):
+            raise ValueError("fused=True and foreach=True are mutually exclusive; pick one")
+        backend = group.get("backend")
+        if backend is not None:
+            if backend not in BACKENDS:
+                raise ValueError(f"backend must be one of {BACKENDS} or None (got {backend!r})")
+            if group.get("fused") or group.get("foreach"):
+                raise ValueError(
+                    f"backend={backend!r} and fused/foreach both choose the backend; pick one"
+                )
+        if group.get("foreach") or backend == "foreach":
+            for rule in self.rules:
+                if not rule.elementwise:
+                    raise ValueError(
+                        f"{type(self).__name__} has no foreach path: {rule.name} reduces over "
+                        "each tensor (use fused=True or backend='compiled')"
+                    )
+        self._check_group(group)
+
+    def _backend(self, group: dict[str, Any]) -> str:
+        if group.get("fused"):
+            return "compiled"
+        if group.get("foreach"):
+            return "foreach"
+        return group.get("backend") or "auto"
+
+    # -- the global parameter index -------------------------------------------------------------
+    def param_index(self, param: Tensor) -> int:
+        """Position of ``param`` across all groups (its id in ``state_dict``): stable under
+        checkpointing, so seeded per-parameter streams can key on it."""
+        cache = getattr(self, "_index_cache", None)
+        if cache is None:
+            params = chain.from_iterable(g["params"] for g in self.param_groups)
+            cache = self._index_cache = {p: i for i, p in enumerate(params)}
+        return cache[param]
+
+    # -- pickling -----------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # Every setting survives deepcopy/pickle; hooks are dropped as torch drops them, and
+        # the index cache is keyed by tensor identity, which a copy does not keep.
+        skip = {*_HOOKS, "_index_cache"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``state_dict`` of this optimizer: checked entry by entry, dtypes kept.
+
+        Load pre-hooks run first and may repair the dict; then every param group passes the
+        constructor's checks and every state entry must match ``state_schema`` in keys, shape
+        and dtype (floating state saved in another floating dtype is converted to the declared
+        one). Errors name the checkpoint entry.
+        """
+        name = type(self).__name__
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{name}.load_state_dict expects a dict (got {type(state_dict)})")
+        state_dict = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        if not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError(f"{name}.load_state_dict expects 'state' and 'param_groups' entries")
+        saved_groups = deepcopy(state_dict["param_groups"])
+        groups = self.param_groups
+        if len(saved_groups) != len(groups):
+            raise ValueError(
+                f"state_dict has {len(saved_groups)} param groups, this {name} has {len(groups)}"
+            )
+        id_to_param: dict[Any, tuple[Tensor, dict[str, Any]]] = {}
+        for i, (group, saved) in enumerate(zip(groups, saved_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"state_dict['param_groups'][{i}] has {len(saved['params'])} parameters, "
+                    f"this {name}'s group {i} has {len(group['params'])}"
+                )
+            missing = [k for k in self._hyper_names if k not in saved]
+            if missing:
+                raise ValueError(
+                    f"state_dict['param_groups'][{i}] lacks {missing}: not saved from a {name}"
+                )
+            try:
+                self._validate_group(saved)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"state_dict['param_groups'][{i}]: {exc}") from None
+            for pid, p in zip(saved["params"], group["params"]):
+                id_to_param[pid] = (p, saved)
+        state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        for pid, entry in state_dict["state"].items():
+            if pid not in id_to_param:
+                raise ValueError(
+                    f"state_dict['state'][{pid!r}] belongs to no parameter of its param groups"
+                )
+            param, saved = id_to_param[pid]
+            state[param] = self._load_entry(f"state_dict['state'][{pid!r}]", param, saved, entry)
+        for group, saved in zip(groups, saved_groups):
+            saved["params"] = group["params"]
+            if "param_names" in group and "param_names" not in saved:
+                saved["param_names"] = group["param_names"]
+        self.__setstate__({"state": state, "param_groups": saved_groups})
+        self._index_cache = None
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load_entry(
+        self, where: str, param: Tensor, group: dict[str, Any], entry: Any
+    ) -> dict[str, Any]:
+        schema = self.state_schema(param, group)
+        if not isinstance(entry, Mapping) or set(entry) != set(schema):
+            keys = sorted(entry) if isinstance(entry, Mapping) else type(entry).__name__
+            raise ValueError(
+                f"{where} holds {keys}; {type(self).__name__} keeps {sorted(schema)} for a "
+                f"parameter of shape {tuple(param.shape)}"
+            )
+        loaded = {}
+        for key, spec in schema.items():
+            value = entry[key]
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{where}[{key!r}] must be a tensor (got {type(value).__name__})")
+            shape, dtype = spec.shape_for(param), spec.dtype_for(param)
+            if tuple(value.shape) != shape:
+                raise ValueError(
+                    f"{where}[{key!r}] has shape {tuple(value.shape)}, expected {shape} "
+                    f"(the parameter's shape is {tuple(param.shape)})"
+                )
+            if value.dtype != dtype and not (value.is_floating_point() and dtype.is_floating_point):
+                raise ValueError(f"{where}[{key!r}] has dtype {value.dtype}, expected {dtype}")
+            loaded[key] = value.to(device=spec.device_for(param), dtype=dtype, copy=True)
+        return loaded
+
+
+class FirstOrderOptimizer(OptimizerBase):
+    """The gradient step skeleton: closure, gather, finiteness check, lazy state, update.
+
+    Subclasses implement ``_update_group(group, params, grads)``; ``_before_update(grads)``
+    runs once per step with every gradient (e.g. global clipping).
+    """
 
     def __init__(
         self,
@@ -38,17 +294,7 @@ class ForgeOptimizer(Optimizer):
         *,
         check_finite: bool = True,
     ) -> None:
-        if defaults.get("fused") and defaults.get("foreach"):
-            raise ValueError("fused=True and foreach=True are mutually exclusive; pick one")
-        super().__init__(params, defaults)
-        self.check_finite = bool(check_finite)
-
-    # -- to be provided by subclasses ---------------------------------------------------------
-    def _check_group(self, group: dict[str, Any]) -> None:
-        """Validate one group's hyperparameters (defaults merged in); raise with a clear message."""
-
-    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        raise NotImplementedError
+        super().__init__(params, {**defaults, "check_finite": check_finite})
 
     def _update_group(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
@@ -56,13 +302,8 @@ class ForgeOptimizer(Optimizer):
         raise NotImplementedError
 
     def _before_update(self, grads: list[Tensor]) -> None:
-        """Runs once per step with all gradients, before any update (e.g. global clipping)."""
+        """Runs once per step with all gradients, before any update."""
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self._check_group({**self.defaults, **param_group})
-        super().add_param_group(param_group)
-
-    # -- the skeleton ---------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -71,8 +312,7 @@ class ForgeOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         gathered = [self._gather(group) for group in self.param_groups]
-        if self.check_finite:
-            self._raise_if_nonfinite(gathered)
+        self._raise_if_nonfinite(gathered)
         self._before_update([g for _, grads in gathered for g in grads])
         for group, (params, grads) in zip(self.param_groups, gathered):
             for p in params:
@@ -97,58 +337,63 @@ class ForgeOptimizer(Optimizer):
         return params, grads
 
     def _raise_if_nonfinite(self, gathered: list[tuple[list[Tensor], list[Tensor]]]) -> None:
-        grads = [g for _, gs in gathered for g in gs]
-        if not grads:
+        checked = [
+            (gi, pi, torch.view_as_real(g) if g.is_complex() else g)
+            for gi, (group, (_, gs)) in enumerate(zip(self.param_groups, gathered))
+            if group["check_finite"]
+            for pi, g in enumerate(gs)
+        ]
+        if not checked:
             return
         # min and max are finite exactly when every element is (NaN propagates through both);
         # one aminmax pass costs ~1/12 of torch._foreach_norm(ord=inf) on CPU, and unlike a sum
         # or a 2-norm it cannot overflow on large finite values.
-        device = grads[0].device
+        device = checked[0][2].device
         extremes = [
-            torch.stack(torch.aminmax(g)).to(device, torch.float64) for g in grads if g.numel()
+            torch.stack(torch.aminmax(g)).to(device, torch.float64)
+            for *_, g in checked
+            if g.numel()
         ]
-        finite = not extremes or bool(torch.stack(extremes).isfinite().all())
-        if finite:
+        if not extremes or bool(torch.stack(extremes).isfinite().all()):
             return
-        for gi, (_, gs) in enumerate(gathered):
-            for pi, g in enumerate(gs):
-                if not torch.isfinite(g).all():
-                    raise FloatingPointError(
-                        f"{type(self).__name__}: the gradient of parameter {pi} in param group "
-                        f"{gi} contains inf or NaN; no parameter or state was changed. Skip this "
-                        "step, or pass check_finite=False to let non-finite values through."
-                    )
+        for gi, pi, g in checked:
+            if not torch.isfinite(g).all():
+                raise FloatingPointError(
+                    f"{type(self).__name__}: the gradient of parameter {pi} in param group "
+                    f"{gi} contains inf or NaN; no parameter or state was changed. Skip this "
+                    "step, or pass check_finite=False to let non-finite values through."
+                )
 
-    def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> Implementation:
-        if group.get("fused"):
-            return "fused"
-        foreach = group.get("foreach")
-        if foreach is None:  # torch.optim's default: foreach only when everything is on CUDA
-            foreach = "foreach" in group and all(p.is_cuda for p in params)
-        return "foreach" if foreach else "loop"
 
-    # -- checkpoints ----------------------------------------------------------------------------
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a ``state_dict`` of the same optimizer class (checked, then torch's load)."""
-        self._check_state_dict(state_dict)
-        super().load_state_dict(state_dict)
+class ZerothOrderOptimizer(OptimizerBase):
+    """The zeroth-order step skeleton: ``step(closure)`` with a closure that returns the loss.
 
-    def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
-        name = type(self).__name__
-        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
-            raise ValueError(
-                f"{name}.load_state_dict expects a dict with 'state' and 'param_groups'"
+    The closure runs without a backward (under ``torch.no_grad``); the loss may be
+    non-differentiable. Subclasses implement ``_zo_step(closure) -> loss`` and evaluate the
+    closure through ``evaluate``; gradients are never read.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One zeroth-order step; returns the loss the closure gave at the current parameters."""
+        if closure is None or not callable(closure):
+            raise TypeError(
+                f"{type(self).__name__}.step needs a closure that computes and returns the loss "
+                "(no backward): opt.step(lambda: loss_fn(model(x), y))"
             )
-        for i, saved in enumerate(state_dict["param_groups"]):
-            missing = sorted(set(self.defaults) - set(saved))
-            if missing:
-                raise ValueError(
-                    f"state_dict is not from a {name}: its param group {i} lacks {missing}"
-                )
-        expected = set(self.state_keys)
-        for index, entry in state_dict["state"].items():
-            if entry and set(entry) != expected:
-                raise ValueError(
-                    f"state_dict is not from a {name}: state of parameter {index} has keys "
-                    f"{sorted(entry)}, {name} keeps {sorted(expected)}"
-                )
+        return self._zo_step(closure)
+
+    def evaluate(self, closure: Callable[[], Any]) -> Tensor:
+        """The closure's loss as a 0-d float64 tensor; a clear error if it is not a scalar."""
+        loss = closure()
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            return torch.tensor(float(loss), dtype=torch.float64)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            what = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise TypeError(
+                f"{type(self).__name__}: the closure must return a scalar loss (got {what})"
+            )
+        return loss.detach().reshape(()).to(torch.float64)
+
+    def _zo_step(self, closure: Callable[[], Any]) -> Any:
+        raise NotImplementedError

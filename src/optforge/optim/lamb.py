@@ -20,14 +20,15 @@ import torch
 from torch import Tensor
 
 from optforge._validation import check_betas, check_non_negative, check_positive
-from optforge.kernels import apply_rule_
-from optforge.optim.base import CHECK_FINITE_DOC, ForgeOptimizer
+from optforge.kernels import Rule, apply_rule_
+from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
+from optforge.optim.rules import adam_direction
 from optforge.optim.trust_ratio import norm, trust_ratio
 
 __all__ = ["LAMB", "lamb_rule"]
 
 
-def lamb_rule(
+def _lamb(
     param: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
@@ -46,13 +47,19 @@ def lamb_rule(
     max_trust_ratio: Any,
     maximize: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One LAMB update of one tensor; returns ``(new_param, new_exp_avg, new_exp_avg_sq)``. Pure."""
+    """One LAMB update: Adam's direction plus λ·θ, scaled by the trust ratio ‖θ‖/‖u‖."""
     if maximize:
         grad = -grad
-    grad = grad * grad_scale
-    exp_avg = exp_avg * beta1 + grad * (1 - beta1)
-    exp_avg_sq = exp_avg_sq * beta2 + grad * grad * (1 - beta2)
-    update = (exp_avg / bias_correction1) / (torch.sqrt(exp_avg_sq / bias_correction2) + eps)
+    update, exp_avg, exp_avg_sq = adam_direction(
+        exp_avg,
+        exp_avg_sq,
+        grad * grad_scale,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        bias_correction1=bias_correction1,
+        bias_correction2=bias_correction2,
+    )
     update = update + param * weight_decay
     if adapt:
         param_norm, update_norm = norm(param), norm(update)
@@ -65,7 +72,11 @@ def lamb_rule(
     return param - update * lr, exp_avg, exp_avg_sq
 
 
-class LAMB(ForgeOptimizer):
+#: needs the parameter (the trust ratio): not usable as an inner rule.
+lamb_rule = Rule(_lamb, n_out=3, elementwise=False, name="lamb")
+
+
+class LAMB(FirstOrderOptimizer):
     __doc__ = f"""LAMB (You et al., 2020): Adam's direction scaled per tensor by ‖θ‖/‖u‖.
 
     Defaults follow the paper's reference (tensorflow/addons: η = 1e-3, β = (0.9, 0.999),
@@ -97,6 +108,7 @@ class LAMB(ForgeOptimizer):
             (True, as TFA; apex without ``use_nvlamb`` skips them: False).
         maximize: ascend the objective.
         fused: one compiled kernel per tensor (``torch.compile``).
+        backend: ``"auto"`` (default), ``"loop"`` or ``"compiled"`` (``optforge.kernels``).
         {CHECK_FINITE_DOC}
 
     The gradient is never modified in place (apex overwrites ``p.grad`` with the update).
@@ -107,7 +119,12 @@ class LAMB(ForgeOptimizer):
         >>> model(torch.randn(8, 4)).sum().backward(); opt.step()
     """
 
-    state_keys = ("step", "exp_avg", "exp_avg_sq")
+    state_spec = {
+        "step": StateSpec(dtype=torch.float32, shape=(), device="cpu"),
+        "exp_avg": StateSpec(),
+        "exp_avg_sq": StateSpec(),
+    }
+    rules = (lamb_rule,)
 
     def __init__(
         self,
@@ -124,6 +141,7 @@ class LAMB(ForgeOptimizer):
         adapt_no_decay: bool = True,
         maximize: bool = False,
         fused: bool | None = None,
+        backend: str | None = None,
         check_finite: bool = True,
     ) -> None:
         if max_grad_norm is not None:
@@ -140,6 +158,7 @@ class LAMB(ForgeOptimizer):
             adapt_no_decay=adapt_no_decay,
             maximize=maximize,
             fused=fused,
+            backend=backend,
         )
         self._grad_scale = 1.0
         super().__init__(params, defaults, check_finite=check_finite)
@@ -152,11 +171,6 @@ class LAMB(ForgeOptimizer):
         for key in ("max_weight_norm", "max_trust_ratio"):
             if group[key] is not None:
                 check_positive(key, group[key])
-
-    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["step"] = torch.tensor(0.0, dtype=torch.float32)
-        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     def _before_update(self, grads: list[Tensor]) -> None:
         self._grad_scale = 1.0
@@ -182,7 +196,7 @@ class LAMB(ForgeOptimizer):
             max_trust_ratio=group["max_trust_ratio"],
             maximize=group["maximize"],
         )
-        fused = self._implementation(group, params) == "fused"
+        backend = self._backend(group)
         # Parameters that share a step count share bias corrections, hence one call per count.
         by_step: dict[float, list[int]] = {}
         for i, p in enumerate(params):
@@ -202,4 +216,4 @@ class LAMB(ForgeOptimizer):
                 [self.state[p]["exp_avg_sq"] for p in ps],
                 [grads[i] for i in idx],
             )
-            apply_rule_(lamb_rule, lists, 3, hyper, fused=fused)
+            apply_rule_(lamb_rule, lists, hyper, backend=backend)

@@ -13,18 +13,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from optforge._validation import check_in_range, check_non_negative, check_positive
-from optforge.kernels import apply_rule_
-from optforge.optim.base import CHECK_FINITE_DOC, ForgeOptimizer
+from optforge.kernels import Rule, apply_rule_
+from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
 from optforge.optim.trust_ratio import norm, trust_ratio
 
 __all__ = ["LARS", "lars_rule"]
 
 
-def lars_rule(
+def _lars(
     param: Tensor,
     momentum_buffer: Tensor,
     grad: Tensor,
@@ -52,7 +51,11 @@ def lars_rule(
     return param - buf, buf
 
 
-class LARS(ForgeOptimizer):
+#: needs the parameter (the trust ratio): not usable as an inner rule.
+lars_rule = Rule(_lars, n_out=2, elementwise=False, name="lars")
+
+
+class LARS(FirstOrderOptimizer):
     __doc__ = f"""LARS (You et al., 2017): SGD with momentum and a per-layer trust ratio.
 
     Defaults are the paper's (Alg. 1 and Sec. 4): trust coefficient η_tc = 0.001, momentum 0.9;
@@ -72,6 +75,7 @@ class LARS(ForgeOptimizer):
             ``create_optimizer``'s no-decay group).
         maximize: ascend the objective.
         fused: one compiled kernel per tensor (``torch.compile``).
+        backend: ``"auto"`` (default), ``"loop"`` or ``"compiled"`` (``optforge.kernels``).
         {CHECK_FINITE_DOC}
 
     Example:
@@ -80,7 +84,8 @@ class LARS(ForgeOptimizer):
         >>> model(torch.randn(8, 4)).sum().backward(); opt.step()
     """
 
-    state_keys = ("momentum_buffer",)
+    state_spec = {"momentum_buffer": StateSpec()}
+    rules = (lars_rule,)
 
     def __init__(
         self,
@@ -94,6 +99,7 @@ class LARS(ForgeOptimizer):
         adapt_no_decay: bool = True,
         maximize: bool = False,
         fused: bool | None = None,
+        backend: str | None = None,
         check_finite: bool = True,
     ) -> None:
         defaults = dict(
@@ -105,6 +111,7 @@ class LARS(ForgeOptimizer):
             adapt_no_decay=adapt_no_decay,
             maximize=maximize,
             fused=fused,
+            backend=backend,
         )
         super().__init__(params, defaults, check_finite=check_finite)
 
@@ -114,9 +121,6 @@ class LARS(ForgeOptimizer):
         check_non_negative("weight_decay", group["weight_decay"])
         check_positive("trust_coefficient", group["trust_coefficient"])
         check_non_negative("eps", group["eps"])
-
-    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     def _update_group(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
@@ -131,5 +135,4 @@ class LARS(ForgeOptimizer):
             maximize=group["maximize"],
         )
         bufs = [self.state[p]["momentum_buffer"] for p in params]
-        fused = self._implementation(group, params) == "fused"
-        apply_rule_(lars_rule, (params, bufs, grads), 2, hyper, fused=fused)
+        apply_rule_(lars_rule, (params, bufs, grads), hyper, backend=self._backend(group))

@@ -16,65 +16,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from optforge._validation import check_betas, check_non_negative
 from optforge.kernels import apply_rule_
-from optforge.optim.base import CHECK_FINITE_DOC, ForgeOptimizer
+from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
+from optforge.optim.rules import direction_rule, lion_direction
 
 __all__ = ["Lion", "lion_rule"]
 
 
-def lion_rule(
-    param: Tensor,
-    exp_avg: Tensor,
-    grad: Tensor,
-    *,
-    lr: Any,
-    beta1: Any,
-    beta2: Any,
-    weight_decay: Any,
-    maximize: bool,
-) -> tuple[Tensor, Tensor]:
-    """One Lion update of one tensor; returns ``(new_param, new_exp_avg)``. Pure.
-
-    Arguments follow the kernels' convention: tensors written first, tensors only read last.
-
-    Hyperparameters are Python floats (eager) or 0-d tensors (compiled); the math is the same.
-    """
-    if maximize:
-        grad = -grad
-    update = torch.sign(exp_avg * beta1 + grad * (1 - beta1))
-    new_param = param * (1 - lr * weight_decay) - update * lr
-    new_exp_avg = exp_avg * beta2 + grad * (1 - beta2)
-    return new_param, new_exp_avg
+#: The Lion update of one tensor: ``lion_direction`` + ``apply_update`` (see optim.rules).
+lion_rule = direction_rule(lion_direction, n_state=1, name="lion")
 
 
-def _foreach_lion(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    maximize: bool,
-) -> None:
-    if maximize:
-        grads = torch._foreach_neg(grads)
-    if weight_decay != 0:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
-    update = torch._foreach_mul(exp_avgs, beta1)
-    torch._foreach_add_(update, grads, alpha=1 - beta1)
-    torch._foreach_sign_(update)
-    torch._foreach_add_(params, update, alpha=-lr)
-    torch._foreach_mul_(exp_avgs, beta2)
-    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta2)
-
-
-class Lion(ForgeOptimizer):
+class Lion(FirstOrderOptimizer):
     __doc__ = f"""Lion (Chen et al., 2023): sign of interpolated momentum, decoupled weight decay.
 
     Update, per tensor: ``θ ← θ(1 − ηλ) − η·sign(β1·m + (1−β1)·g)``, then
@@ -87,9 +43,11 @@ class Lion(ForgeOptimizer):
             (0.95, 0.98) for stability).
         weight_decay: decoupled decay λ; the parameter shrinks by η·λ per step (default 0).
         maximize: ascend the objective instead of descending.
-        foreach: use torch's multi-tensor ops (default: only when all params are on CUDA).
+        foreach: run the rule once over all same-device, same-dtype tensors (flat buffers).
         fused: one compiled kernel per tensor (``torch.compile``); the fastest path on CPU and
             GPU, compiled on first use.
+        backend: ``"auto"`` (default), ``"loop"``, ``"foreach"`` or ``"compiled"`` (see
+            ``optforge.kernels``); an alternative to the two flags above.
         {CHECK_FINITE_DOC}
 
     Example:
@@ -98,7 +56,8 @@ class Lion(ForgeOptimizer):
         >>> model(torch.randn(8, 4)).sum().backward(); opt.step()
     """
 
-    state_keys = ("exp_avg",)
+    state_spec = {"exp_avg": StateSpec()}
+    rules = (lion_rule,)
 
     def __init__(
         self,
@@ -110,6 +69,7 @@ class Lion(ForgeOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        backend: str | None = None,
         check_finite: bool = True,
     ) -> None:
         defaults = dict(
@@ -119,6 +79,7 @@ class Lion(ForgeOptimizer):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+            backend=backend,
         )
         super().__init__(params, defaults, check_finite=check_finite)
 
@@ -126,9 +87,6 @@ class Lion(ForgeOptimizer):
         check_non_negative("lr", group["lr"])
         check_betas(group["betas"])
         check_non_negative("weight_decay", group["weight_decay"])
-
-    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
     def _update_group(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
@@ -142,8 +100,4 @@ class Lion(ForgeOptimizer):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
         )
-        impl = self._implementation(group, params)
-        if impl == "foreach":
-            _foreach_lion(params, grads, exp_avgs, **hyper)
-        else:
-            apply_rule_(lion_rule, (params, exp_avgs, grads), 2, hyper, fused=impl == "fused")
+        apply_rule_(lion_rule, (params, exp_avgs, grads), hyper, backend=self._backend(group))
