@@ -9,7 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["check_betas", "check_in_range", "check_int", "check_non_negative", "check_positive"]
+__all__ = [
+    "check_betas",
+    "check_count",
+    "check_in_range",
+    "check_int",
+    "check_non_negative",
+    "check_positive",
+]
 
 
 def _check_number(name: str, value: object) -> float:
@@ -65,3 +72,14 @@ def check_int(name: str, value: object, low: int | None = None) -> int:
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low} (got {value})")
     return value
+
+
+def check_count(name: str, value: object) -> int:
+    """A non-negative integer count, given as an ``int`` or a 0-d integer tensor (checkpoints)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer scalar (got {value.dtype} {value!r})")
+        value = int(value)
+    return check_int(name, value, 0)

@@ -3,13 +3,19 @@
 ``create_optimizer`` builds two param groups from a model, decayed and not decayed, the way
 training recipes do (biases and normalization weights are usually excluded from weight decay).
 torch's own optimizers are registered too, so a config file can name any of them.
+
+Entries are lazy: an entry names its class as ``"module:attribute"`` and is imported on first
+use, so every subpackage (``optim``, ``lowrank``, ``zo``) registers here without import cycles
+and ``list_optimizers()`` imports none of them. Each entry carries its ``Capabilities``, which
+drive ``optforge.testing``'s conformance suite.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,6 +23,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 __all__ = [
+    "Capabilities",
     "OptimizerEntry",
     "create_optimizer",
     "decay_param_groups",
@@ -26,25 +33,65 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What an optimizer can do; the conformance suite checks each contract that applies.
+
+    Attributes:
+        uses_gradients: reads ``p.grad`` (False for zeroth-order methods).
+        needs_closure: ``step()`` requires a closure that returns the loss.
+        supports_complex: complex parameters are optimized as ``torch.view_as_real`` would be.
+        state_dtypes: state dtype per parameter dtype, e.g. ``"param"`` or ``"fp32"`` (docs).
+        backends: the ``backend=`` values it accepts besides ``"auto"``.
+        exact_resume: a checkpoint round trip continues the run bit for bit on CPU.
+    """
+
+    uses_gradients: bool = True
+    needs_closure: bool = False
+    supports_complex: bool = False
+    state_dtypes: str = "param"
+    backends: tuple[str, ...] = ()
+    exact_resume: bool = True
+
+
+@dataclass(frozen=True)
 class OptimizerEntry:
-    """A registered optimizer: how to build it and where its defaults come from."""
+    """A registered optimizer: how to build it, what it can do, where its defaults come from."""
 
     name: str
-    factory: Callable[..., Optimizer]
+    target: str | Callable[..., Optimizer]
     description: str = ""
+    capabilities: Capabilities = field(default_factory=Capabilities)
+
+    @property
+    def factory(self) -> Callable[..., Optimizer]:
+        """The class or function, imported on first use when given as ``"module:attribute"``."""
+        if callable(self.target):
+            return self.target
+        module, _, attribute = self.target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
 
 
 _REGISTRY: dict[str, OptimizerEntry] = {}
 
 
 def register_optimizer(
-    name: str, factory: Callable[..., Optimizer], *, description: str = "", overwrite: bool = False
+    name: str,
+    factory: str | Callable[..., Optimizer],
+    *,
+    description: str = "",
+    capabilities: Capabilities | None = None,
+    overwrite: bool = False,
 ) -> None:
-    """Make ``factory(params, **hyperparameters)`` available as ``create_optimizer(name, ...)``."""
+    """Make ``factory(params, **hyperparameters)`` available as ``create_optimizer(name, ...)``.
+
+    ``factory`` is a callable or a lazy ``"module:attribute"`` string.
+    """
     key = name.lower()
     if key in _REGISTRY and not overwrite:
         raise ValueError(f"an optimizer named {name!r} is already registered (pass overwrite=True)")
-    _REGISTRY[key] = OptimizerEntry(key, factory, description)
+    if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
+        raise TypeError(f"factory must be a callable or 'module:attribute' (got {factory!r})")
+    _REGISTRY[key] = OptimizerEntry(key, factory, description, capabilities or Capabilities())
 
 
 def list_optimizers() -> list[str]:
@@ -53,6 +100,7 @@ def list_optimizers() -> list[str]:
 
 
 def get_optimizer_entry(name: str) -> OptimizerEntry:
+    """The entry registered as ``name`` (case-insensitive); a close-match hint otherwise."""
     key = name.lower()
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, _REGISTRY, n=3)
@@ -130,27 +178,47 @@ def create_optimizer(
 
 
 def _register_builtins() -> None:
-    from optforge.optim.lamb import LAMB
-    from optforge.optim.lars import LARS
-    from optforge.optim.lion import Lion
-
-    torch_optims: dict[str, tuple[Callable[..., Optimizer], str]] = {
-        "adamw": (torch.optim.AdamW, "torch.optim.AdamW"),
-        "adam": (torch.optim.Adam, "torch.optim.Adam"),
-        "sgd": (torch.optim.SGD, "torch.optim.SGD"),
-        "nadam": (torch.optim.NAdam, "torch.optim.NAdam"),
+    forge = Capabilities(supports_complex=True, backends=("loop", "compiled"))
+    torch_optims = {
+        "adamw": ("torch.optim:AdamW", "torch.optim.AdamW"),
+        "adam": ("torch.optim:Adam", "torch.optim.Adam"),
+        "sgd": ("torch.optim:SGD", "torch.optim.SGD"),
+        "nadam": ("torch.optim:NAdam", "torch.optim.NAdam"),
         "nadamw": (
-            lambda params, **kw: torch.optim.NAdam(params, decoupled_weight_decay=True, **kw),
+            _nadamw,
             "torch.optim.NAdam with decoupled weight decay (AlgoPerf's NAdamW baseline)",
         ),
-        "rmsprop": (torch.optim.RMSprop, "torch.optim.RMSprop"),
-        "adagrad": (torch.optim.Adagrad, "torch.optim.Adagrad"),
-        "lion": (Lion, "optforge.optim.Lion (Chen et al., 2023)"),
-        "lamb": (LAMB, "optforge.optim.LAMB (You et al., 2020)"),
-        "lars": (LARS, "optforge.optim.LARS (You et al., 2017)"),
+        "rmsprop": ("torch.optim:RMSprop", "torch.optim.RMSprop"),
+        "adagrad": ("torch.optim:Adagrad", "torch.optim.Adagrad"),
     }
-    for name, (factory, description) in torch_optims.items():
-        register_optimizer(name, factory, description=description)
+    for name, (target, description) in torch_optims.items():
+        register_optimizer(name, target, description=description)
+    register_optimizer(
+        "lion",
+        "optforge.optim.lion:Lion",
+        description="optforge.optim.Lion (Chen et al., 2023)",
+        capabilities=Capabilities(
+            supports_complex=True, backends=("loop", "foreach", "compiled")
+        ),
+    )
+    register_optimizer(
+        "lamb",
+        "optforge.optim.lamb:LAMB",
+        description="optforge.optim.LAMB (You et al., 2020)",
+        capabilities=Capabilities(
+            supports_complex=True, state_dtypes="param; step fp32 on CPU", backends=forge.backends
+        ),
+    )
+    register_optimizer(
+        "lars",
+        "optforge.optim.lars:LARS",
+        description="optforge.optim.LARS (You et al., 2017)",
+        capabilities=forge,
+    )
+
+
+def _nadamw(params: Any, **kwargs: Any) -> Optimizer:
+    return torch.optim.NAdam(params, decoupled_weight_decay=True, **kwargs)
 
 
 _register_builtins()

@@ -194,7 +194,7 @@ class RegistrySubmission(Submission):
 
     def init_optimizer_state(self, workload: Workload, model: nn.Module,
                              hparams: Mapping[str, Any], rng: torch.Generator) -> dict[str, Any]:
-        from optforge.optim.registry import create_optimizer
+        from optforge.registry import create_optimizer
 
         lr = check_positive("learning_rate", hparams["learning_rate"])
         wd = check_non_negative("weight_decay", hparams.get("weight_decay", 0.0))

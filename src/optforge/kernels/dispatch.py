@@ -1,19 +1,19 @@
 """One entry point for every update: ``apply_rule_(rule, tensor_lists, hyper, backend=...)``.
 
 An update rule is written once, as a pure per-tensor function (``Rule``). The dispatcher groups
-the tensors by (device, dtypes) and runs each group on a backend:
+the tensors by device and dtypes and runs each group on a backend:
 
 * ``"loop"``: the rule called eagerly on each tensor. The reference every other path must match.
-* ``"foreach"``: elementwise rules only. The group's tensors are flattened into one buffer per
-  argument, the rule runs once on the buffers, and the outputs are copied back: one dispatch per
-  op for the whole group instead of one per tensor (what torch's ``_foreach_`` ops buy), derived
-  from the same rule. Pays two extra passes of memory traffic, so it suits many small tensors.
-* ``"compiled"``: the rule compiled by ``torch.compile`` (C++/OpenMP on CPU, Triton on CUDA) into
-  one kernel per tensor that reads every input once, with dynamic shapes so that one compilation
-  serves every size, and hyperparameters as persistent 0-d tensors so that a changing lr neither
-  recompiles nor copies. A compilation that fails (recompile limit hit in a long-lived process,
-  no C++ compiler) warns once and falls back to the loop: training never dies of a compiler.
-* ``"auto"``: the fastest path that can run (see ``resolve_backend``).
+* ``"foreach"``: elementwise rules only. The rule runs eagerly on cache-sized tiles of the whole
+  group: small tensors concatenated, large ones sliced (``kernels.foreach``). Equal to the loop
+  bit for bit; one dispatch per op for many small tensors, cache-resident temporaries for large.
+* ``"compiled"``: ``torch.compile`` graphs that update 16 tensors per call with dynamic shapes,
+  one graph per (rule, flag values) for every list; hyperparameters as persistent 0-d tensors,
+  so a changing lr neither recompiles nor copies (``kernels.compiled``). A compilation that
+  fails warns once and falls back to the loop: training never dies of a compiler.
+* ``"auto"``: a registered kernel if one serves the device and dtype; else ``compiled`` on CUDA;
+  on CPU the eager ``foreach`` (elementwise rules) or ``loop``, until the list has spent
+  ``AUTO_COMPILE_AFTER_S`` seconds in it, then ``compiled`` (see ``resolve_backend``).
 
 Backends registered with ``register_kernel`` (e.g. hand-written Triton kernels) take precedence
 for the rule, devices and dtypes they declare. Kernels know nothing of optimizer classes.
@@ -21,15 +21,21 @@ for the rule, devices and dtypes they declare. Kernels know nothing of optimizer
 
 from __future__ import annotations
 
-import warnings
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from optforge.kernels.compiled import compiled_ready, run_compiled, static_items
+from optforge.kernels.foreach import run_foreach
+from optforge.kernels.rule import Rule, loop
+
 __all__ = [
+    "AUTO_COMPILE_AFTER_S",
     "BACKENDS",
     "Rule",
     "apply_rule_",
@@ -39,38 +45,13 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "loop", "foreach", "compiled")
-#: tensors at most this large are batched into one flat buffer by ``auto`` (many small biases
-#: and norms cost one dispatch per op together, instead of one per op each).
-SMALL_TENSOR = 1 << 15
 
-
-@dataclass(frozen=True, eq=False)
-class Rule:
-    """A pure per-tensor update: ``fn(*written, *read, **hyper) -> new values of the written``.
-
-    Args:
-        fn: the math. Tensors written come first (parameter, state), tensors only read last
-            (gradient). Hyperparameters are Python scalars (eager) or 0-d tensors (compiled):
-            the same code serves both.
-        n_out: how many leading tensors the rule returns new values for.
-        elementwise: output element i depends only on input elements i (no norms, no
-            reductions); such a rule may run on a concatenation of tensors.
-    """
-
-    fn: Callable[..., tuple[Tensor, ...]]
-    n_out: int
-    elementwise: bool = True
-    name: str = field(default="")
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(self, "name", self.fn.__name__)
-
-    def __call__(self, *tensors: Tensor, **hyper: Any) -> tuple[Tensor, ...]:
-        return self.fn(*tensors, **hyper)
-
-    def __repr__(self) -> str:
-        return f"Rule({self.name})"
+#: ``auto`` on CPU compiles a list's rule once the eager path has spent this long on it: the
+#: ski-rental rule (rent until the rent paid equals the price), whose total time is at most
+#: twice that of the better choice made knowing the run's length in advance. The price is a
+#: first compilation, ~20-60 s with an empty inductor cache on 2 cores (docs/benchmarks.md).
+#: ``OPTFORGE_AUTO_COMPILE_AFTER_S=0`` compiles at once, ``inf`` never.
+AUTO_COMPILE_AFTER_S = float(os.environ.get("OPTFORGE_AUTO_COMPILE_AFTER_S", "30"))
 
 
 Kernel = Callable[[Rule, Sequence[Sequence[Tensor]], Mapping[str, Any]], None]
@@ -127,10 +108,12 @@ def resolve_backend(
 ) -> str:
     """The backend that runs ``rule`` on tensors of ``device``/``dtype``.
 
-    An explicit backend that cannot run raises; ``auto`` picks a registered kernel when one
-    serves the device and dtype, else ``compiled`` on CUDA, else ``loop``. On CPU ``auto`` does
-    not compile: a first compilation takes tens of seconds, which a short run never earns back
-    (pass ``backend="compiled"`` or ``fused=True`` for long runs; see docs/benchmarks.md).
+    An explicit backend that cannot run raises. ``auto`` picks a registered kernel when one
+    serves the device and dtype, else ``compiled`` on CUDA, else (CPU) the eager ``foreach``
+    for elementwise rules and ``loop`` for the others. ``apply_rule_`` then moves a CPU list
+    from that eager path to ``compiled`` once it has spent ``AUTO_COMPILE_AFTER_S`` seconds
+    there: a first compilation costs tens of seconds, which a short run never earns back, and
+    a long run earns back many times.
     """
     if backend == "auto":
         for (rid, name), _ in _KERNELS.items():
@@ -138,7 +121,7 @@ def resolve_backend(
                 return name
         if device.type == "cuda" and _compiler_works(device):
             return "compiled"
-        return "loop"
+        return "foreach" if rule.elementwise else "loop"
     if backend == "foreach" and not rule.elementwise:
         raise ValueError(
             f"backend 'foreach' runs elementwise rules only; {rule.name} reduces over each tensor"
@@ -175,122 +158,72 @@ def apply_rule_(
     check_backend(backend)
     # A complex tensor is updated as its real view: the result equals optimizing
     # torch.view_as_real(param), for elementwise rules and norms alike.
-    tensor_lists = [
-        [torch.view_as_real(t) if t.is_complex() else t for t in lst] for lst in tensor_lists
-    ]
-    for (device, dtype), index in _groups(tensor_lists).items():
-        lists = [[lst[i] for i in index] for lst in tensor_lists]
-        chosen = resolve_backend(backend, rule, device, dtype)
-        if chosen == "loop":
-            _loop(rule, lists, hyper)
-        elif chosen == "foreach":
-            _foreach(rule, lists, hyper)
-        elif chosen == "compiled":
-            _compiled(rule, lists, hyper)
+    if any(t.is_complex() for t in tensor_lists[0]):
+        tensor_lists = [
+            [torch.view_as_real(t) if t.is_complex() else t for t in lst] for lst in tensor_lists
+        ]
+    for (device, dtype, _), index in _groups(tensor_lists).items():
+        if len(index) == len(tensor_lists[0]):
+            lists: Sequence[Sequence[Tensor]] = tensor_lists
         else:
-            _KERNELS[(id(rule), chosen)].fn(rule, lists, hyper)
+            lists = [[lst[i] for i in index] for lst in tensor_lists]
+        chosen = resolve_backend(backend, rule, device, dtype)
+        if backend == "auto" and chosen in ("foreach", "loop") and device.type == "cpu":
+            if _auto_eager(rule, lists, hyper, chosen, device, dtype):
+                continue
+            chosen = "compiled"
+        _run(chosen, rule, lists, hyper)
+
+
+def _run(
+    chosen: str, rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]
+) -> None:
+    if chosen == "loop":
+        loop(rule, lists, hyper)
+    elif chosen == "foreach":
+        run_foreach(rule, lists, hyper)
+    elif chosen == "compiled":
+        run_compiled(rule, lists, hyper)
+    else:
+        _KERNELS[(id(rule), chosen)].fn(rule, lists, hyper)
+
+
+#: eager seconds spent per list (rule, flags, device, dtype, length, first tensor).
+_EAGER_SPENT: dict[tuple[Any, ...], float] = {}
+
+
+def _auto_eager(
+    rule: Rule,
+    lists: Sequence[Sequence[Tensor]],
+    hyper: Mapping[str, Any],
+    eager: str,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> bool:
+    """Run the eager tier of ``auto`` unless this list has paid for a compilation; True if ran.
+
+    Lists are told apart by their rule, flags, device, dtype, length and first tensor, so one
+    optimizer's steps accumulate and unrelated optimizers in one process do not.
+    """
+    key = (id(rule), static_items(hyper), device, dtype, len(lists[0]), id(lists[0][0]))
+    spent = _EAGER_SPENT.get(key, 0.0)
+    if spent >= AUTO_COMPILE_AFTER_S and compiled_ready(rule, hyper, len(lists)) is not False:
+        return False
+    start = time.perf_counter()
+    _run(eager, rule, lists, hyper)
+    if len(_EAGER_SPENT) >= 4096 and key not in _EAGER_SPENT:
+        _EAGER_SPENT.pop(next(iter(_EAGER_SPENT)))
+    _EAGER_SPENT[key] = spent + (time.perf_counter() - start)
+    return True
 
 
 def _groups(
     tensor_lists: Sequence[Sequence[Tensor]],
-) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-    """Indices grouped by the first list's (device, dtype), in order of first appearance."""
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, t in enumerate(tensor_lists[0]):
-        groups.setdefault((t.device, t.dtype), []).append(i)
+) -> dict[tuple[torch.device, torch.dtype, tuple[torch.dtype, ...]], list[int]]:
+    """Indices grouped by the first list's device and every list's dtype, in order."""
+    groups: dict[tuple[torch.device, torch.dtype, tuple[torch.dtype, ...]], list[int]] = {}
+    for i, tensors in enumerate(zip(*tensor_lists)):
+        first = tensors[0]
+        key = (first.device, first.dtype, tuple(t.dtype for t in tensors))
+        groups.setdefault(key, []).append(i)
     return groups
-
-
-# -- loop: the reference --------------------------------------------------------------------------
-def _loop(rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
-    for tensors in zip(*lists):
-        _write(tensors[: rule.n_out], rule(*tensors, **hyper))
-
-
-def _write(outs: Sequence[Tensor], values: Sequence[Tensor]) -> None:
-    for out, value in zip(outs, values):
-        out.copy_(value)
-
-
-# -- foreach: one flat buffer per argument ----------------------------------------------------
-def _foreach(rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
-    if len(lists[0]) == 1:
-        _loop(rule, lists, hyper)
-        return
-    flat = [torch.cat([t.reshape(-1) for t in lst]) for lst in lists]
-    new = rule(*flat, **hyper)
-    sizes = [t.numel() for t in lists[0]]
-    for outs, value in zip(lists[: rule.n_out], new):
-        pieces = value.split(sizes)
-        torch._foreach_copy_(list(outs), [p.view_as(o) for p, o in zip(pieces, outs)])
-
-
-# -- compiled: torch.compile with dynamic shapes ------------------------------------------------
-_COMPILED: dict[tuple[int, tuple[tuple[str, Any], ...]], Callable[..., None]] = {}
-_FAILED: set[tuple[int, tuple[tuple[str, Any], ...]]] = set()
-_SCALARS: dict[tuple[torch.device, torch.dtype, str], Tensor] = {}
-
-
-def _static_items(hyper: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((k, v) for k, v in hyper.items() if v is None or isinstance(v, bool)))
-
-
-def _compiled_fn(rule: Rule, static: tuple[tuple[str, Any], ...]) -> Callable[..., None]:
-    key = (id(rule), static)
-    if key not in _COMPILED:
-        flags = dict(static)
-
-        def body(tensors: list[Tensor], scalars: dict[str, Tensor]) -> None:
-            _write(tensors[: rule.n_out], rule(*tensors, **scalars, **flags))
-
-        # Dynamo keeps compiled graphs, and its recompile budget, per code object: one per
-        # (rule, flag values) leaves each with only dtype and size-0/1 variants to hold.
-        tag = "_".join(f"{k}{int(bool(v))}" for k, v in static)
-        body.__code__ = body.__code__.replace(co_name=f"fused_{rule.name}_{tag}")
-        _COMPILED[key] = torch.compile(body, dynamic=True, fullgraph=True)
-    return _COMPILED[key]
-
-
-def _scalar(device: torch.device, dtype: torch.dtype, name: str, value: float) -> Tensor:
-    """A persistent 0-d tensor holding ``value``: refilled in place, never reallocated."""
-    key = (device, dtype, name)
-    t = _SCALARS.get(key)
-    if t is None:
-        t = _SCALARS[key] = torch.tensor(value, dtype=dtype, device=device)
-    else:
-        t.fill_(value)  # a tiny kernel with the value as argument: no host-to-device copy
-    return t
-
-
-def _compiled(rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
-    static = _static_items(hyper)
-    key = (id(rule), static)
-    if key in _FAILED:
-        _loop(rule, lists, hyper)
-        return
-    fn = _compiled_fn(rule, static)
-    first = lists[0][0]
-    # Scalars in the parameter's compute precision (fp32 for fp32/bf16/fp16): fp64 scalars make
-    # inductor run part of an fp32 rule in double (16% slower on CPU), and eager fp32 math rounds
-    # Python floats to fp32 anyway.
-    sdtype = torch.promote_types(first.dtype, torch.float32)
-    scalars = {
-        k: _scalar(first.device, sdtype, k, float(v))
-        for k, v in hyper.items()
-        if not (v is None or isinstance(v, bool))
-    }
-    for tensors in zip(*lists):
-        if not all(t.is_contiguous() for t in tensors):
-            _loop(rule, [[t] for t in tensors], hyper)  # strided views: rare
-            continue
-        try:
-            fn([t.view(-1) if t.dim() else t for t in tensors], scalars)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure falls back, once
-            _FAILED.add(key)
-            warnings.warn(
-                f"optforge: compiling {rule.name} failed ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); running it eagerly from now on",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            _loop(rule, [[t] for t in tensors], hyper)

@@ -2,24 +2,37 @@
 
 Optimizers (``torch.optim.Optimizer`` subclasses): ``Lion``, ``LAMB``, ``LARS``.
 Wrappers around any optimizer: ``GradientNoise``, ``AGVM``. First-layer transform: ``TrAct``.
+The base classes (``OptimizerBase``, ``FirstOrderOptimizer``, ``ZerothOrderOptimizer``,
+``StateSpec``) and the update rules (``optforge.optim.rules``) are what a new method builds on
+(docs: "Adding an optimizer").
 """
 
 from optforge.optim.agvm import AGVM
+from optforge.optim.base import (
+    FirstOrderOptimizer,
+    OptimizerBase,
+    StateSpec,
+    ZerothOrderOptimizer,
+)
 from optforge.optim.gradient_noise import GradientNoise
 from optforge.optim.lamb import LAMB
 from optforge.optim.lars import LARS
 from optforge.optim.lion import Lion
-from optforge.optim.registry import (
+from optforge.optim.tract import TrAct
+from optforge.optim.wrapper import OptimizerWrapper
+from optforge.registry import (
     create_optimizer,
     decay_param_groups,
     list_optimizers,
     register_optimizer,
 )
-from optforge.optim.tract import TrAct
-from optforge.optim.wrapper import OptimizerWrapper
 
 __all__ = [
     "AGVM",
+    "FirstOrderOptimizer",
+    "OptimizerBase",
+    "StateSpec",
+    "ZerothOrderOptimizer",
     "LAMB",
     "LARS",
     "GradientNoise",

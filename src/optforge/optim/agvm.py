@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optforge._validation import check_in_range, check_int, check_positive
+from optforge._validation import check_count, check_in_range, check_int, check_positive
 from optforge.optim.wrapper import OptimizerWrapper
 
 __all__ = ["AGVM", "agvm_target_scale", "cosine_distance"]
@@ -271,18 +271,19 @@ class AGVM(OptimizerWrapper):
         if distances is not None:
             self._update_mu(distances)
         if not self._in_window(self.it):
-            self.optimizer.step()
+            self._step_inner()
         else:
             saved = [group["lr"] for group in self.param_groups]
             try:
                 for group, mu in zip(self.param_groups, self.mu.tolist(), strict=True):
                     group["lr"] = group["lr"] * mu
-                self.optimizer.step()
+                self._step_inner()
             finally:
                 # Restore the stored objects: lr·μ/μ is not always lr in floating point.
                 for group, lr in zip(self.param_groups, saved, strict=True):
                     group["lr"] = lr
-        self.it += 1
+        if any(p.grad is not None for p in self._params()):
+            self.it += 1  # a step without any gradient is no iteration (torch's contract)
         return loss
 
     def _update_mu(self, distances: Tensor) -> None:
@@ -390,16 +391,17 @@ class AGVM(OptimizerWrapper):
     def _wrapper_state(self) -> dict[str, Any]:
         return {"it": torch.tensor(self.it, dtype=torch.int64), "mu": self.mu.clone()}
 
-    def _load_wrapper_state(self, state: dict[str, Any]) -> None:
+    def _parse_wrapper_state(self, state: dict[str, Any]) -> dict[str, Any]:
         mu = state["mu"]
         if not isinstance(mu, Tensor) or mu.dim() != 1 or len(mu) != len(self.param_groups):
             raise ValueError(
-                f"state_dict's AGVM 'mu' must be a 1-d tensor with one entry per param group "
+                f"'mu' must be a 1-d tensor with one entry per param group "
                 f"({len(self.param_groups)}) (got {getattr(mu, 'shape', mu)!r})"
             )
-        self.it = int(state["it"])
-        self.mu = mu.detach().to(device="cpu", dtype=torch.float64).clone()
-        self._halves = [None, None]
+        mu = mu.detach().to(device="cpu", dtype=torch.float64).clone()
+        if not bool(((mu > 0) & torch.isfinite(mu)).all()):
+            raise ValueError(f"'mu' must hold finite values > 0 (got {mu.tolist()})")
+        return {"it": check_count("it", state["it"]), "mu": mu, "_halves": [None, None]}
 
 
 def _reduce_dtype(grads: list[Tensor | None]) -> torch.dtype:

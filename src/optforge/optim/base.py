@@ -63,6 +63,13 @@ _HOOKS = (
 _BOOL_FLAGS = {"maximize": False, "check_finite": False, "foreach": True, "fused": True}
 
 
+def picklable_state(optimizer: Optimizer, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``__getstate__`` that keeps every setting, so that ``deepcopy``/``pickle`` give an
+    optimizer that can step (torch's keeps only defaults, state and groups). Hooks are dropped,
+    as torch drops them."""
+    return {k: v for k, v in optimizer.__dict__.items() if k not in {*_HOOKS, *skip}}
+
+
 @dataclass(frozen=True)
 class StateSpec:
     """One per-parameter state tensor.
@@ -188,10 +195,8 @@ class OptimizerBase(Optimizer):
 
     # -- pickling -----------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        # Every setting survives deepcopy/pickle; hooks are dropped as torch drops them, and
-        # the index cache is keyed by tensor identity, which a copy does not keep.
-        skip = {*_HOOKS, "_index_cache"}
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        # The index cache is keyed by tensor identity, which a copy does not keep.
+        return picklable_state(self, skip=("_index_cache",))
 
     # -- checkpoints ------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -266,9 +271,11 @@ class OptimizerBase(Optimizer):
         loaded = {}
         for key, spec in schema.items():
             value = entry[key]
+            shape, dtype = spec.shape_for(param), spec.dtype_for(param)
+            if shape == () and isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = torch.tensor(value, dtype=dtype)  # saved as a Python number (old torch)
             if not isinstance(value, Tensor):
                 raise TypeError(f"{where}[{key!r}] must be a tensor (got {type(value).__name__})")
-            shape, dtype = spec.shape_for(param), spec.dtype_for(param)
             if tuple(value.shape) != shape:
                 raise ValueError(
                     f"{where}[{key!r}] has shape {tuple(value.shape)}, expected {shape} "

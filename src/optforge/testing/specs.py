@@ -1,35 +1,21 @@
-"""The optimizer database that drives the conformance suite (one entry per optimizer).
+"""optforge's own optimizers as conformance ``Spec``s: one entry per optimizer.
 
-Adding an optimizer to optforge means adding one ``OptimSpec`` here; test_conformance.py then
-checks param groups, closures, maximize, resume, bad input, dtypes and backends for it.
+Adding an optimizer to optforge means adding one ``Spec`` here (capabilities come from its
+registry entry); the conformance suite then checks it. ``SPECS`` covers every optforge entry of
+the registry plus the wrappers, which wrap torch's SGD.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from optforge.optim import AGVM, LAMB, LARS, GradientNoise, Lion
+from optforge.registry import Capabilities, get_optimizer_entry
+from optforge.testing.conformance import Spec
 
-
-@dataclass
-class OptimSpec:
-    name: str
-    factory: Callable[..., torch.optim.Optimizer]
-    configs: list[dict[str, Any]]
-    errors: list[tuple[dict[str, Any], type[Exception], str]] = field(default_factory=list)
-    impls: tuple[str, ...] = ("loop",)  # backends: "loop", "foreach", "fused"
-    forge: bool = True  # an optforge optimizer: check_finite, foreign-state rejection, ...
-    #: config keys that couple param groups by design (e.g. LAMB's global gradient clipping)
-    coupling_keys: tuple[str, ...] = ()
-    #: the wrapper itself couples groups (gradient noise streams are keyed by global index)
-    coupled: bool = False
-
-    def __repr__(self) -> str:
-        return self.name
+__all__ = ["SPECS"]
 
 
 def _agvm_sgd(params: Any, **kw: Any) -> AGVM:
@@ -42,13 +28,16 @@ def _noisy_sgd(params: Any, **kw: Any) -> GradientNoise:
     return GradientNoise(torch.optim.SGD(params, **kw), **noise)
 
 
+#: torch's SGD, wrapped: complex parameters are torch's business, not the wrapper's.
+_TORCH_SGD = Capabilities(supports_complex=True)
+
 _COMMON_ERRORS = [
     ({"lr": -1.0}, ValueError, r"lr must be >= 0 \(got -1.0\)"),
     ({"lr": float("nan")}, ValueError, r"lr must be finite"),
 ]
 
-OPTIMIZERS = [
-    OptimSpec(
+SPECS = [
+    Spec(
         "Lion",
         Lion,
         configs=[
@@ -63,10 +52,14 @@ OPTIMIZERS = [
             ({"betas": 0.9}, TypeError, r"betas must be a pair"),
             ({"weight_decay": -1.0}, ValueError, r"weight_decay must be >= 0"),
             ({"foreach": True, "fused": True}, ValueError, r"mutually exclusive"),
+            ({"fused": 1}, TypeError, r"fused must be True, False or None \(got 1\)"),
+            ({"maximize": "no"}, TypeError, r"maximize must be True or False"),
+            ({"backend": "cuda"}, ValueError, r"backend must be one of"),
+            ({"backend": "loop", "fused": True}, ValueError, r"pick one"),
         ],
-        impls=("loop", "foreach", "fused"),
+        capabilities=get_optimizer_entry("lion").capabilities,
     ),
-    OptimSpec(
+    Spec(
         "LAMB",
         LAMB,
         configs=[
@@ -81,11 +74,12 @@ OPTIMIZERS = [
             ({"betas": (0.9, 1.5)}, ValueError, r"betas\[1\] must be in \[0.0, 1.0\)"),
             ({"max_grad_norm": -1.0}, ValueError, r"max_grad_norm must be > 0"),
             ({"max_trust_ratio": 0.0}, ValueError, r"max_trust_ratio must be > 0"),
+            ({"backend": "foreach"}, ValueError, r"no foreach path"),
         ],
-        impls=("loop", "fused"),
+        capabilities=get_optimizer_entry("lamb").capabilities,
         coupling_keys=("max_grad_norm",),
     ),
-    OptimSpec(
+    Spec(
         "LARS",
         LARS,
         configs=[
@@ -99,9 +93,9 @@ OPTIMIZERS = [
             ({"lr": 0.1, "trust_coefficient": 0.0}, ValueError, r"trust_coefficient must be > 0"),
             ({"lr": 0.1, "eps": -1.0}, ValueError, r"eps must be >= 0"),
         ],
-        impls=("loop", "fused"),
+        capabilities=get_optimizer_entry("lars").capabilities,
     ),
-    OptimSpec(
+    Spec(
         "GradientNoise(SGD)",
         _noisy_sgd,
         configs=[{"lr": 0.05, "eta": 0.01}, {"lr": 0.05, "momentum": 0.9, "eta": 0.3, "seed": 7}],
@@ -110,13 +104,15 @@ OPTIMIZERS = [
             ({"lr": 0.1, "gamma": float("inf")}, ValueError, r"gamma must be finite"),
             ({"lr": 0.1, "seed": 1.5}, TypeError, r"seed must be an int"),
         ],
+        capabilities=_TORCH_SGD,
         forge=False,
         coupled=True,
     ),
-    OptimSpec(
+    Spec(
         "AGVM(SGD)",
         _agvm_sgd,
         configs=[{"lr": 0.05, "momentum": 0.9}],
+        capabilities=_TORCH_SGD,
         forge=False,
     ),
 ]
