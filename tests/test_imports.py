@@ -14,4 +14,4 @@ def test_root_exposes_the_registry() -> None:
     import optforge
 
     assert "lion" in optforge.list_optimizers()
-    assert optforge.create_optimizer.__module__ == "optforge.optim.registry"
+    assert optforge.create_optimizer.__module__ == "optforge.registry"

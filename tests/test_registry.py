@@ -34,8 +34,10 @@ def test_builds_decay_and_no_decay_groups_from_a_model() -> None:
     decay, no_decay = opt.param_groups
     ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
     assert ids(decay) == {id(model.proj.weight), id(model.head.weight)}
-    assert ids(no_decay) == {id(p) for p in (model.proj.bias, model.ln.weight, model.ln.bias,
-                                             model.bn.weight, model.bn.bias)}
+    assert ids(no_decay) == {
+        id(p)
+        for p in (model.proj.bias, model.ln.weight, model.ln.bias, model.bn.weight, model.bn.bias)
+    }
     assert decay["weight_decay"] == 1.0 and no_decay["weight_decay"] == 0.0
     assert decay["lr"] == no_decay["lr"] == 3e-4
 
@@ -72,6 +74,38 @@ def test_register_and_refuse_silent_overwrite() -> None:
         with pytest.raises(ValueError, match="already registered"):
             register_optimizer("TEST-SGD", torch.optim.Adam)
     finally:
-        from optforge.optim.registry import _REGISTRY
+        from optforge.registry import _REGISTRY
 
         _REGISTRY.pop("test-sgd", None)
+
+
+def test_entries_are_lazy_and_carry_capabilities() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, optforge; names = optforge.list_optimizers(); "
+        "print('lion' in names, 'optforge.optim' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]  # listed without importing optforge.optim
+    from optforge.registry import get_optimizer_entry
+
+    entry = get_optimizer_entry("lion")
+    assert entry.capabilities.uses_gradients and entry.capabilities.supports_complex
+    assert "foreach" in entry.capabilities.backends
+    assert entry.factory is Lion
+
+
+def test_lazy_string_factories_are_checked() -> None:
+    with pytest.raises(TypeError, match="module:attribute"):
+        register_optimizer("test-bad", "optforge.optim.Lion")
+
+
+def test_bare_import_exposes_subpackages() -> None:
+    import subprocess
+    import sys
+
+    code = "import optforge, torch; print(type(optforge.optim.Lion([torch.zeros(2)])).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "Lion"

@@ -197,9 +197,7 @@ def _register_builtins() -> None:
         "lion",
         "optforge.optim.lion:Lion",
         description="optforge.optim.Lion (Chen et al., 2023)",
-        capabilities=Capabilities(
-            supports_complex=True, backends=("loop", "foreach", "compiled")
-        ),
+        capabilities=Capabilities(supports_complex=True, backends=("loop", "foreach", "compiled")),
     )
     register_optimizer(
         "lamb",

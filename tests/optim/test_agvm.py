@@ -158,7 +158,7 @@ def record_inner_lrs(inner):
 
 def load_mu(opt, mu, it=0):
     state = opt.state_dict()
-    state["wrapper:AGVM"] = {"it": torch.tensor(it), "mu": torch.tensor(mu, dtype=F64)}
+    state["wrappers"][-1]["state"] = {"it": torch.tensor(it), "mu": torch.tensor(mu, dtype=F64)}
     opt.load_state_dict(state)
 
 
@@ -433,15 +433,25 @@ def test_exact_resume_weights_only():
         assert torch.equal(a, b)
 
 
+nan = float("nan")
+
+
 def test_load_rejects_wrong_mu_and_foreign_state():
     params = vec_model()
     opt = AGVM(sgd_groups(params))
     state = opt.state_dict()
-    state["wrapper:AGVM"] = {"it": torch.tensor(0), "mu": torch.ones(2, dtype=F64)}
+    state["wrappers"][-1]["state"] = {"it": torch.tensor(0), "mu": torch.ones(2, dtype=F64)}
     with pytest.raises(ValueError, match=r"one entry per param group \(3\)"):
         opt.load_state_dict(state)
-    with pytest.raises(ValueError, match="has no 'wrapper:AGVM' entry"):
+    state["wrappers"][-1]["state"] = {"it": torch.tensor(0), "mu": torch.tensor([1.0, nan, -3])}
+    with pytest.raises(ValueError, match=r"\['wrappers'\]\[-1\] \(AGVM\): 'mu' must hold finite"):
+        opt.load_state_dict(state)
+    state["wrappers"][-1]["state"] = {"it": torch.tensor(-2), "mu": torch.ones(3, dtype=F64)}
+    with pytest.raises(ValueError, match=r"it must be >= 0"):
+        opt.load_state_dict(state)
+    with pytest.raises(ValueError, match="has no 'wrappers' entry"):
         opt.load_state_dict(sgd_groups(params).state_dict())
+    assert opt.it == 0 and torch.equal(opt.mu, torch.ones(3, dtype=F64))  # nothing half-loaded
 
 
 def test_added_param_group_starts_at_mu_one():

@@ -17,13 +17,13 @@ N = 1_000_000
 
 
 def noise_at(step: int, eta: float = 0.3, gamma: float = 0.55, seed: int = 0) -> torch.Tensor:
-    """The noise GradientNoise adds at 0-based ``step`` to a zero gradient (SGD with lr=0)."""
+    """The noise GradientNoise adds at 0-based ``step`` to a zero gradient (SGD, lr=1, θ=0)."""
     p = torch.nn.Parameter(torch.zeros(N, dtype=torch.float64))
-    opt = GradientNoise(torch.optim.SGD([p], lr=0.0), eta=eta, gamma=gamma, seed=seed)
+    opt = GradientNoise(torch.optim.SGD([p], lr=1.0), eta=eta, gamma=gamma, seed=seed)
     opt.steps_done = step
     p.grad = torch.zeros_like(p)
     opt.step()
-    return p.grad
+    return -p.detach()
 
 
 @pytest.mark.parametrize("k", [1, 10, 1000])
@@ -47,10 +47,69 @@ def test_same_seed_same_noise_other_seed_other_noise() -> None:
 def test_noise_reaches_the_inner_optimizer() -> None:
     p = torch.nn.Parameter(torch.zeros(1000))
     opt = GradientNoise(torch.optim.SGD([p], lr=1.0), eta=1.0, gamma=0.0)
-    p.grad = torch.zeros_like(p)
+    grad = p.grad = torch.zeros_like(p)
     opt.step()
-    assert torch.equal(p.detach(), -p.grad)
     assert p.detach().std().item() == pytest.approx(1.0, rel=0.1)
+    assert p.grad is grad and not grad.any()  # the caller's gradient is left clean
+
+
+def test_failed_inner_step_leaves_gradient_and_counter_untouched() -> None:
+    from optforge.optim import Lion
+
+    p = torch.nn.Parameter(torch.zeros(8))
+    opt = GradientNoise(Lion([p], lr=0.1), eta=1.0, seed=2)
+    grad = torch.ones(8)
+    grad[3] = float("nan")
+    p.grad = grad.clone()
+    with pytest.raises(FloatingPointError):
+        opt.step()
+    assert opt.steps_done == 0
+    assert torch.allclose(p.grad, grad, equal_nan=True)  # no noise left on the gradient
+    assert p.grad is not None and not p.detach().any()
+
+
+def test_seed_out_of_range_is_refused() -> None:
+    p = torch.nn.Parameter(torch.zeros(3))
+    for seed in (2**64, -1):
+        with pytest.raises(ValueError, match="seed must be"):
+            GradientNoise(torch.optim.SGD([p], lr=0.1), seed=seed)
+    assert not torch.equal(noise_at(0, seed=2**64 - 1), noise_at(0, seed=0))
+
+
+def test_load_validates_the_noise_settings() -> None:
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = GradientNoise(torch.optim.SGD([p], lr=0.1), eta=0.3)
+    bad_values = [
+        ("eta", float("nan"), ValueError, "eta must be finite"),
+        ("steps_done", torch.tensor(-5), ValueError, "steps_done must be >= 0"),
+        ("seed", 2**64, ValueError, "seed must be < 2\\*\\*64"),
+    ]
+    for key, value, error, message in bad_values:
+        state = opt.state_dict()
+        state["wrappers"][-1]["state"][key] = value
+        with pytest.raises(error, match=message):
+            opt.load_state_dict(state)
+    assert opt.eta == 0.3 and opt.steps_done == 0
+
+
+def test_two_noise_wrappers_nest_and_resume() -> None:
+    def build() -> tuple[torch.nn.Parameter, GradientNoise]:
+        p = torch.nn.Parameter(torch.ones(20))
+        inner = GradientNoise(torch.optim.SGD([p], lr=0.1), eta=0.1, seed=1)
+        return p, GradientNoise(inner, eta=0.2, seed=2)
+
+    p, opt = build()
+    for _ in range(3):
+        p.grad = p.detach().clone()
+        opt.step()
+    state = opt.state_dict()
+    assert [r["class"] for r in state["wrappers"]] == ["GradientNoise", "GradientNoise"]
+    p2, opt2 = build()
+    with torch.no_grad():
+        p2.copy_(p)
+    opt2.load_state_dict(state)
+    assert opt2.seed == 2 and opt2.optimizer.seed == 1
+    assert opt2.steps_done == opt2.optimizer.steps_done == 3
 
 
 def test_resume_mid_run_reproduces_the_noise_bitwise() -> None:

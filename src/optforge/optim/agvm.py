@@ -292,8 +292,9 @@ class AGVM(OptimizerWrapper):
         ema = self.mu * self.momentum + target * (1 - self.momentum)
         self.mu = torch.where(torch.isfinite(ema), ema, self.mu)
 
-    def _measure(self, members: list[list[Tensor]], grads_a: list[Tensor],
-                 grads_b: list[Tensor]) -> Tensor:
+    def _measure(
+        self, members: list[list[Tensor]], grads_a: list[Tensor], grads_b: list[Tensor]
+    ) -> Tensor:
         """D of every group (float64, CPU) from per-group flat gradients of the two halves."""
         distances = []
         for group, params, a, b in zip(self.param_groups, members, grads_a, grads_b, strict=True):
@@ -302,16 +303,22 @@ class AGVM(OptimizerWrapper):
                 b = self._adam_normalize(group, params, b)
             # A group without gradients has nothing to compare: NaN keeps its μ (and, for the
             # reference, every group's μ) unchanged.
-            distances.append(cosine_distance(a, b, self.eps) if a.numel()
-                             else torch.full((), math.nan, dtype=torch.float64, device=a.device))
+            distances.append(
+                cosine_distance(a, b, self.eps)
+                if a.numel()
+                else torch.full((), math.nan, dtype=torch.float64, device=a.device)
+            )
         return torch.stack(distances).cpu()
 
     def _adam_normalize(self, group: dict[str, Any], params: list[Tensor], flat: Tensor) -> Tensor:
         """``g / (√(β2·v + (1−β2)·g²) + eps)``, v the inner optimizer's ``exp_avg_sq`` or 0."""
         beta2 = group["betas"][1]
-        v = [self.state[p]["exp_avg_sq"].reshape(-1).to(flat.dtype)
-             if "exp_avg_sq" in self.state.get(p, {}) else flat.new_zeros(p.numel())
-             for p in params]
+        v = [
+            self.state[p]["exp_avg_sq"].reshape(-1).to(flat.dtype)
+            if "exp_avg_sq" in self.state.get(p, {})
+            else flat.new_zeros(p.numel())
+            for p in params
+        ]
         v = torch.cat(v) if v else flat.new_zeros(0)
         denom = (v * beta2).addcmul_(flat, flat, value=1 - beta2).sqrt_().add_(self.eps)
         return flat / denom
@@ -342,8 +349,9 @@ class AGVM(OptimizerWrapper):
         self._halves = [None, None]
         distances = None
         if self.is_agvm_step:
-            members = [[p for p in g["params"] if p in half_a or p in half_b]
-                       for g in self.param_groups]
+            members = [
+                [p for p in g["params"] if p in half_a or p in half_b] for g in self.param_groups
+            ]
             dtype = _reduce_dtype([*half_a.values(), *half_b.values()])
             flat = [[_flat_cat(half, ps, dtype) for ps in members] for half in (half_a, half_b)]
             distances = self._measure(members, *flat)
@@ -378,8 +386,9 @@ class AGVM(OptimizerWrapper):
         if agvm:
             buf.div_(world // 2)  # per-half means gA, gB
             group_sizes = [sum(p.numel() for p in ps) for ps in members]
-            distances = self._measure(members, list(buf[0].split(group_sizes)),
-                                      list(buf[1].split(group_sizes)))
+            distances = self._measure(
+                members, list(buf[0].split(group_sizes)), list(buf[1].split(group_sizes))
+            )
             full = buf[0].add_(buf[1]).mul_(0.5)
         else:
             full = buf[0].div_(world)
@@ -415,6 +424,10 @@ def _reduce_dtype(grads: list[Tensor | None]) -> torch.dtype:
 
 def _flat_cat(half: dict[Tensor, Tensor], params: list[Tensor], dtype: torch.dtype) -> Tensor:
     """One half's gradients of ``params`` as one flat vector (zeros where it has none)."""
-    chunks = [half[p].reshape(-1).to(dtype) if p in half
-              else torch.zeros(p.numel(), dtype=dtype, device=p.device) for p in params]
+    chunks = [
+        half[p].reshape(-1).to(dtype)
+        if p in half
+        else torch.zeros(p.numel(), dtype=dtype, device=p.device)
+        for p in params
+    ]
     return torch.cat(chunks) if chunks else torch.zeros(0, dtype=dtype)

@@ -29,10 +29,10 @@ class GradientNoise(OptimizerWrapper):
     The noise of step t for the parameter at position i (counting every parameter of every
     group) is drawn from a generator seeded by ``(seed, t, i)``: runs are reproducible, a
     checkpoint holds only ``step`` and ``seed``, and data-parallel ranks that step after the
-    gradient all-reduce add identical noise. The inner optimizer steps on ``grad + ξ`` (under Adam-like
-    optimizers the noise is divided by √v like the gradient itself); afterwards ``p.grad`` is the
-    caller's clean gradient again, also when the inner step raises, in which case the noise
-    counter does not advance either. Costs one gradient-sized buffer during the step.
+    gradient all-reduce add identical noise. The inner optimizer steps on ``grad + ξ`` (under
+    Adam-like optimizers the noise is divided by √v like the gradient itself); afterwards
+    ``p.grad`` is the caller's clean gradient again, also when the inner step raises, in which
+    case the noise counter does not advance either. Costs one gradient-sized buffer during the step.
 
     Args:
         optimizer: any ``torch.optim.Optimizer``.

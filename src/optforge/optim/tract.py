@@ -111,8 +111,12 @@ class _ConvGeometry:
         left, right, top, bottom = self.pad
         positions = 1
         for size, pads, k, s, d in zip(
-            (height, width), (top + bottom, left + right), self.kernel_size, self.stride,
-            self.dilation, strict=True,
+            (height, width),
+            (top + bottom, left + right),
+            self.kernel_size,
+            self.stride,
+            self.dilation,
+            strict=True,
         ):
             positions *= max((size + pads - d * (k - 1) - 1) // s + 1, 0)
         return positions
@@ -124,8 +128,9 @@ class _ConvGeometry:
             patches = F.unfold(x, self.kernel_size, self.dilation, (top, left), self.stride)
         else:
             mode = "constant" if self.pad_mode == "zeros" else self.pad_mode
-            patches = F.unfold(F.pad(x, self.pad, mode=mode), self.kernel_size, self.dilation,
-                               0, self.stride)
+            patches = F.unfold(
+                F.pad(x, self.pad, mode=mode), self.kernel_size, self.dilation, 0, self.stride
+            )
         # features are channel-major (c, kh, kw), so each group's channels are contiguous
         n_img, features, positions = patches.shape
         return patches.to(dtype).reshape(n_img, self.groups, features // self.groups, positions)
@@ -161,7 +166,7 @@ def _conv_tract_grad(grad_weight: Tensor, x: Tensor, geo: _ConvGeometry, lam: fl
         chunk = max(1, _UNFOLD_CHUNK_ELEMENTS // per_image)
         gram = None
         for start in range(0, x.shape[0], chunk):
-            part = geo.gram(x[start:start + chunk], dtype)
+            part = geo.gram(x[start : start + chunk], dtype)
             gram = part if gram is None else gram.add_(part)
         out = _primal(dw, gram, b, lam)
     return out.reshape(grad_weight.shape).to(grad_weight.dtype)
@@ -183,7 +188,7 @@ def _linear_tract_grad(grad_weight: Tensor, x: Tensor, lam: float) -> Tensor:
         chunk = max(1, _UNFOLD_CHUNK_ELEMENTS // n)
         gram = torch.zeros(n, n, dtype=dtype, device=rows.device)
         for start in range(0, b, chunk):
-            part = rows[start:start + chunk].to(dtype)
+            part = rows[start : start + chunk].to(dtype)
             gram.addmm_(part.mT, part)
         out = _primal(dw, gram, b, lam)
     return out.to(grad_weight.dtype)

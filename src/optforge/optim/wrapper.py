@@ -147,9 +147,7 @@ class OptimizerWrapper(Optimizer):
         own = records[-1]
         if not isinstance(own, dict) or own.get("class") != name:
             found = own.get("class") if isinstance(own, dict) else own
-            raise ValueError(
-                f"state_dict['wrappers'][-1] was saved by {found!r}, not by a {name}"
-            )
+            raise ValueError(f"state_dict['wrappers'][-1] was saved by {found!r}, not by a {name}")
         inner = dict(state_dict)
         if len(records) > 1:
             inner["wrappers"] = records[:-1]

@@ -411,8 +411,9 @@ def bad_values_in_added_groups_and_checkpoints_are_refused(
     params = make_params()
     opt = spec.build(params[:2], config)
     _expect(ValueError, "lr must be", opt.add_param_group, {"params": params[2:], "lr": -1.0})
-    _expect(TypeError, "maximize must be", opt.add_param_group, {"params": params[2:],
-                                                                 "maximize": "no"})
+    _expect(
+        TypeError, "maximize must be", opt.add_param_group, {"params": params[2:], "maximize": "no"}
+    )
     run(spec, opt, params[:2], 2)
     good = round_trip(opt.state_dict())
     first = next(iter(good["state"]))
@@ -421,8 +422,11 @@ def bad_values_in_added_groups_and_checkpoints_are_refused(
     damaged = [
         ("lr=nan", lambda sd: sd["param_groups"][0].update(lr=float("nan")), "lr must be"),
         ("lr<0", lambda sd: sd["param_groups"][0].update(lr=-5.0), "lr must be"),
-        ("wrong shape", lambda sd: sd["state"][first].update(
-            {tensor_key: torch.zeros(13)}), "shape"),
+        (
+            "wrong shape",
+            lambda sd: sd["state"][first].update({tensor_key: torch.zeros(13)}),
+            "shape",
+        ),
         ("emptied state", lambda sd: sd["state"].update({first: {}}), "keeps"),
         ("missing entry", lambda sd: sd["state"][first].pop(tensor_key), "keeps"),
         ("unknown id", lambda sd: sd["state"].update({999: entry}), "999"),
@@ -494,8 +498,13 @@ def backends_match_the_loop(spec: Spec, config: dict[str, Any]) -> None:
 
 @check(per_config=False, applies=lambda s: s.forge)
 def meta_parameters_are_refused(spec: Spec, config: dict[str, Any]) -> None:
-    _expect(ValueError, "meta device", spec.build, [torch.nn.Parameter(
-        torch.empty(3, device="meta"))], config)
+    _expect(
+        ValueError,
+        "meta device",
+        spec.build,
+        [torch.nn.Parameter(torch.empty(3, device="meta"))],
+        config,
+    )
 
 
 def _expect(error: type[Exception], pattern: str, fn: Callable[..., Any], *args: Any) -> None:
