@@ -36,7 +36,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optforge.kernels import BACKENDS, Rule
+from optforge._seeding import generator_for
+from optforge.kernels import BACKENDS, Rule, apply_rule_
+from optforge.optim.rules import random_rounding_bits
 
 __all__ = [
     "CHECK_FINITE_DOC",
@@ -60,7 +62,15 @@ _HOOKS = (
     "_optimizer_load_state_dict_post_hooks",
 )
 #: flags that must be real booleans (``None`` allowed where it means "let the library pick").
-_BOOL_FLAGS = {"maximize": False, "check_finite": False, "foreach": True, "fused": True}
+_BOOL_FLAGS = {
+    "maximize": False,
+    "check_finite": False,
+    "stochastic_rounding": False,
+    "foreach": True,
+    "fused": True,
+}
+#: the counter that seeds a parameter's stochastic-rounding bits (added to its state when used).
+_ROUNDING_STEP = "rounding_step"
 
 
 def picklable_state(optimizer: Optimizer, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -107,6 +117,10 @@ class StateSpec:
         )
 
 
+def _rounds(param: Tensor, group: dict[str, Any]) -> bool:
+    return bool(group.get("stochastic_rounding")) and param.dtype == torch.bfloat16
+
+
 class OptimizerBase(Optimizer):
     """What every optforge optimizer shares; see the module docstring."""
 
@@ -129,7 +143,10 @@ class OptimizerBase(Optimizer):
         """Validate one group's hyperparameters (defaults merged in); raise with a clear message."""
 
     def state_schema(self, param: Tensor, group: dict[str, Any]) -> Mapping[str, StateSpec]:
-        """The state entries ``param`` keeps (by default ``state_spec``)."""
+        """The state entries ``param`` keeps: ``state_spec``, plus the counter of its rounding
+        stream when ``stochastic_rounding`` applies to it (a bf16 parameter)."""
+        if _rounds(param, group):
+            return {**self.state_spec, _ROUNDING_STEP: StateSpec(torch.int64, (), "cpu")}
         return self.state_spec
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -142,7 +159,16 @@ class OptimizerBase(Optimizer):
         self._validate_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
         self._index_cache = None
-        if any(p.is_meta for p in self.param_groups[-1]["params"]):
+        group = self.param_groups[-1]
+        if group.get("stochastic_rounding") and any(
+            p.dtype == torch.float16 for p in group["params"]
+        ):
+            self.param_groups.pop()
+            raise ValueError(
+                "stochastic_rounding rounds fp32 results to bf16; fp16 parameters are not "
+                "supported (use bf16 parameters, or stochastic_rounding=False)"
+            )
+        if any(p.is_meta for p in group["params"]):
             self.param_groups.pop()
             raise ValueError(
                 f"{type(self).__name__}: a parameter is on the meta device and holds no data; "
@@ -310,6 +336,37 @@ class FirstOrderOptimizer(OptimizerBase):
 
     def _before_update(self, grads: list[Tensor]) -> None:
         """Runs once per step with all gradients, before any update."""
+
+    def _apply(
+        self,
+        rule: Rule,
+        group: dict[str, Any],
+        lists: tuple[list[Tensor], ...],
+        hyper: dict[str, Any],
+    ) -> None:
+        """Run a ``direction_rule`` over ``(params, *states, grads)`` on the group's backend.
+
+        Where ``stochastic_rounding`` applies (bf16 parameters of a group that asks for it), the
+        parameters get the rule's ``random_bits`` input, drawn from a generator keyed by
+        (seed, the parameter's rounding step, its global index): reproducible and resumable.
+        """
+        backend = self._backend(group)
+        params = lists[0]
+        rounded = [i for i, p in enumerate(params) if _rounds(p, group)]
+        if not rounded:
+            apply_rule_(rule, lists, hyper, backend=backend)
+            return
+        plain = [i for i in range(len(params)) if not _rounds(params[i], group)]
+        if plain:
+            apply_rule_(rule, [[lst[i] for i in plain] for lst in lists], hyper, backend=backend)
+        bits = []
+        for i in rounded:
+            p, state = params[i], self.state[params[i]]
+            keys = (group.get("seed", 0), int(state[_ROUNDING_STEP]), self.param_index(p))
+            bits.append(random_rounding_bits(p.shape, generator_for(p.device, *keys)))
+            state[_ROUNDING_STEP] += 1
+        chosen = [[lst[i] for i in rounded] for lst in lists]
+        apply_rule_(rule, [*chosen, bits], hyper, backend=backend)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

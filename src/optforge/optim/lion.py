@@ -18,8 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
-from optforge._validation import check_betas, check_non_negative
-from optforge.kernels import apply_rule_
+from optforge._validation import check_betas, check_int, check_non_negative
 from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
 from optforge.optim.rules import direction_rule, lion_direction
 
@@ -48,6 +47,10 @@ class Lion(FirstOrderOptimizer):
             GPU, compiled on first use.
         backend: ``"auto"`` (default), ``"loop"``, ``"foreach"`` or ``"compiled"`` (see
             ``optforge.kernels``); an alternative to the two flags above.
+        stochastic_rounding: for bf16 parameters, compute the new value in fp32 and round it
+            stochastically (unbiased) instead of to nearest, so steps below half a bf16 ulp are
+            not lost (default False; fp16 parameters are refused).
+        seed: seed of the rounding streams (keyed by seed, step and parameter index).
         {CHECK_FINITE_DOC}
 
     Example:
@@ -70,6 +73,8 @@ class Lion(FirstOrderOptimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         backend: str | None = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
         check_finite: bool = True,
     ) -> None:
         defaults = dict(
@@ -80,6 +85,8 @@ class Lion(FirstOrderOptimizer):
             foreach=foreach,
             fused=fused,
             backend=backend,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
         )
         super().__init__(params, defaults, check_finite=check_finite)
 
@@ -87,6 +94,7 @@ class Lion(FirstOrderOptimizer):
         check_non_negative("lr", group["lr"])
         check_betas(group["betas"])
         check_non_negative("weight_decay", group["weight_decay"])
+        check_int("seed", group["seed"], 0)
 
     def _update_group(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
@@ -100,4 +108,4 @@ class Lion(FirstOrderOptimizer):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
         )
-        apply_rule_(lion_rule, (params, exp_avgs, grads), hyper, backend=self._backend(group))
+        self._apply(lion_rule, group, (params, exp_avgs, grads), hyper)

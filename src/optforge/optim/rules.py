@@ -8,6 +8,12 @@ seeing the parameter, so the same direction runs on a full gradient or on a proj
 
 ``direction_rule`` composes the two into a ``kernels.Rule`` that every backend runs (loop,
 flat multi-tensor, compiled, registered kernels): each rule's math is written once, here.
+
+For bf16 parameters the apply step can round stochastically (``random_bits``): the new value is
+computed in fp32 and rounded up or down with probabilities that make the rounding unbiased, so
+updates smaller than half a bf16 ulp still move the parameter on average instead of vanishing
+(Gupta et al., 2015; Zamirai et al., 2020). The bits are an input, drawn by the caller from a
+seeded generator: the rule stays pure and a run stays reproducible.
 Rules that need the parameter itself (LAMB's and LARS's trust ratios) are written as their own
 ``Rule`` on top of these pieces and cannot serve as inner rules.
 
@@ -29,13 +35,47 @@ __all__ = [
     "apply_update",
     "direction_rule",
     "lion_direction",
+    "random_rounding_bits",
     "sgd_momentum_direction",
+    "stochastic_round_bf16",
 ]
 
 
-def apply_update(param: Tensor, update: Tensor, *, lr: Any, weight_decay: Any) -> Tensor:
-    """``θ·(1 − η·λ) − η·u``: decoupled weight decay, then the step."""
-    return param * (1 - lr * weight_decay) - update * lr
+def apply_update(
+    param: Tensor,
+    update: Tensor,
+    *,
+    lr: Any,
+    weight_decay: Any,
+    random_bits: Tensor | None = None,
+) -> Tensor:
+    """``θ·(1 − η·λ) − η·u``: decoupled weight decay, then the step.
+
+    With ``random_bits`` (int32 in [0, 2**16), one per element) the result is computed in fp32
+    and rounded stochastically to bf16 values (returned in fp32, exactly representable in bf16).
+    """
+    if random_bits is None:
+        return param * (1 - lr * weight_decay) - update * lr
+    new = param.float() * (1 - lr * weight_decay) - update.float() * lr
+    return stochastic_round_bf16(new, random_bits)
+
+
+def stochastic_round_bf16(value: Tensor, random_bits: Tensor) -> Tensor:
+    """fp32 ``value`` rounded to a neighbouring bf16 value, up with probability equal to the
+    distance from the lower one (in units of the gap): unbiased. Returned in fp32.
+
+    bf16 keeps the top 16 bits of an fp32: adding 16 random low bits to the magnitude, then
+    clearing them, carries into the kept bits with exactly that probability.
+    """
+    bits = value.view(torch.int32) + random_bits
+    return (bits & -65536).view(torch.float32)  # -65536 == 0xFFFF0000 as int32
+
+
+def random_rounding_bits(shape: torch.Size, generator: torch.Generator) -> Tensor:
+    """The ``random_bits`` for ``stochastic_round_bf16``: int32 uniform in [0, 2**16)."""
+    return torch.randint(
+        0, 1 << 16, shape, generator=generator, dtype=torch.int32, device=generator.device
+    )
 
 
 def lion_direction(exp_avg: Tensor, grad: Tensor, *, beta1: Any, beta2: Any) -> tuple[Tensor, ...]:
@@ -76,20 +116,25 @@ def sgd_momentum_direction(
 
 
 def direction_rule(direction: Callable[..., tuple[Tensor, ...]], n_state: int, name: str) -> Rule:
-    """The ``Rule`` ``(param, *state, grad) -> (param', *state')`` of ``direction`` + apply.
+    """The ``Rule`` ``(param, *state, grad[, random_bits]) -> (param', *state')`` of
+    ``direction`` + apply.
 
-    ``maximize`` negates the gradient; ``lr`` and ``weight_decay`` go to ``apply_update``; every
-    other hyperparameter goes to the direction.
+    ``maximize`` negates the gradient; ``lr`` and ``weight_decay`` go to ``apply_update`` (with
+    ``random_bits`` when given: stochastic rounding); every other hyperparameter goes to the
+    direction.
     """
 
     def rule(
         param: Tensor, *rest: Tensor, lr: Any, weight_decay: Any, maximize: bool, **hyper: Any
     ) -> tuple[Tensor, ...]:
-        *state, grad = rest
+        # (param, *state, grad) or, rounding stochastically, (param, *state, grad, random_bits)
+        state, grad = rest[:n_state], rest[n_state]
+        bits = rest[n_state + 1] if len(rest) > n_state + 1 else None
         if maximize:
             grad = -grad
         update, *new_state = direction(*state, grad, **hyper)
-        return (apply_update(param, update, lr=lr, weight_decay=weight_decay), *new_state)
+        new_param = apply_update(param, update, lr=lr, weight_decay=weight_decay, random_bits=bits)
+        return (new_param, *new_state)
 
     rule.__name__ = rule.__qualname__ = name
     return Rule(rule, n_out=1 + n_state, elementwise=True, name=name)
