@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optforge._seeding import generator_for
-from optforge.kernels import BACKENDS, Rule, apply_rule_
+from optforge.kernels import Rule, apply_rule_, check_backend
 from optforge.optim.rules import random_rounding_bits
 
 __all__ = [
@@ -187,8 +187,7 @@ class OptimizerBase(Optimizer):
             raise ValueError("fused=True and foreach=True are mutually exclusive; pick one")
         backend = group.get("backend")
         if backend is not None:
-            if backend not in BACKENDS:
-                raise ValueError(f"backend must be one of {BACKENDS} or None (got {backend!r})")
+            check_backend(backend)  # the built-in names and any registered kernel's
             if group.get("fused") or group.get("foreach"):
                 raise ValueError(
                     f"backend={backend!r} and fused/foreach both choose the backend; pick one"
