@@ -39,6 +39,14 @@ _GRAPHS: dict[tuple[Any, ...], Callable[..., None]] = {}
 _FAILED: set[tuple[Any, ...]] = set()
 _SCALARS: dict[tuple[torch.device, torch.dtype, str], Tensor] = {}
 _SCRATCH: dict[tuple[Any, ...], list[Tensor]] = {}
+_WARM: set[tuple[Any, ...]] = set()
+#: the ``torch.compile`` backend; tests of the dispatch logic swap in ``"eager"`` (dynamo's
+#: tracing, guards and recompile limits without inductor's minute-long C++ builds).
+COMPILER: Any = "inductor"
+#: elements per entry of the call that compiles a graph. Inductor decides from the sizes it
+#: sees at compile time whether a loop is worth threads; dynamic shapes keep that decision for
+#: every later size, so it must see sizes worth threading (not a 2-element pad).
+_WARM_NUMEL = 1 << 16
 
 
 def static_items(hyper: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -76,7 +84,7 @@ def _graph(rule: Rule, key: tuple[Any, ...], names: tuple[str, ...]) -> Callable
     # (rule, flag values) leaves each with only dtype variants to hold.
     tag = "_".join(f"{k}{int(bool(v))}" for k, v in static)
     body.__code__ = body.__code__.replace(co_name=f"optforge_{rule.name}_{tag}")
-    compiled = torch.compile(body, dynamic=True, fullgraph=True)
+    compiled = torch.compile(body, backend=COMPILER, dynamic=True, fullgraph=True)
 
     def call(tensors: list[Tensor], scalars: list[Tensor]) -> None:
         # No duck shaping: sizes equal at compile time must not become a guard. Read when a
@@ -108,6 +116,22 @@ def _scratch(like: Sequence[Tensor], slot: int) -> list[Tensor]:
     if pad is None:
         pad = _SCRATCH[key] = [torch.zeros(2, dtype=t.dtype, device=t.device) for t in like]
     return pad
+
+
+def _warm_up(
+    fn: Callable[..., None], key: tuple[Any, ...], like: Sequence[Tensor], scalars: list[Tensor]
+) -> None:
+    """Compile ``fn`` for these dtypes and device on scratch inputs of a threadable size."""
+    warm = (key, tuple((t.device, t.dtype) for t in like))
+    if warm in _WARM:
+        return
+    args = [
+        torch.zeros(_WARM_NUMEL + slot, dtype=t.dtype, device=t.device)
+        for slot in range(CHUNK)
+        for t in like
+    ]
+    fn(args, scalars)
+    _WARM.add(warm)
 
 
 def run_compiled(rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
@@ -152,6 +176,7 @@ def run_compiled(rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[s
     try:
         if entries:
             fn = _graph(rule, key, names)
+            _warm_up(fn, key, entries[0], scalars)
             for start in range(0, len(entries), CHUNK):
                 chunk = entries[start : start + CHUNK]
                 args = [t for entry in chunk for t in entry]

@@ -103,9 +103,7 @@ def _compiler_works(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def resolve_backend(
-    backend: str, rule: Rule, device: torch.device, dtype: torch.dtype
-) -> str:
+def resolve_backend(backend: str, rule: Rule, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that runs ``rule`` on tensors of ``device``/``dtype``.
 
     An explicit backend that cannot run raises. ``auto`` picks a registered kernel when one
