@@ -296,7 +296,7 @@ def optim_error_inputs_func_agvm(device: Any, dtype: Any) -> list[ErrorOptimizer
 
 # -- control: torch's AdamW ---------------------------------------------------------------------
 def optim_inputs_func_adamw(device: Any, dtype: Any = None) -> list[OptimizerInput]:
-    return [
+    inputs = [
         OptimizerInput(params=None, kwargs={}, desc="default"),
         OptimizerInput(params=None, kwargs={"lr": 1e-2, "weight_decay": 0.1}, desc="decay"),
         OptimizerInput(params=None, kwargs={"lr": 1e-2, "amsgrad": True}, desc="amsgrad"),
@@ -304,6 +304,10 @@ def optim_inputs_func_adamw(device: Any, dtype: Any = None) -> list[OptimizerInp
             params=None, kwargs={"lr": 1e-2, "weight_decay": 0.1, "maximize": True}, desc="maximize"
         ),
     ]
+    if dtype == torch.float16:  # torch's optim_inputs_func_adam: eps=1e-8 is 0 in fp16
+        for inp in inputs:
+            inp.kwargs["eps"] = 0.1
+    return inputs
 
 
 def optim_error_inputs_func_adamw(device: Any, dtype: Any) -> list[ErrorOptimizerInput]:

@@ -569,13 +569,14 @@ def _derived_parity(
     info: ForgeOptimizerInfo, flag: str, dtype: torch.dtype, n_inputs: int | None = None
 ) -> None:
     """torch's ``_test_derived_optimizers`` + ``_compare_between``: 7 iterations on a small MLP
-    plus a 0-d parameter, with a None-grad step (i == 2) and a frozen layer (i == 3, 4); params
-    and every state entry compared after each iteration."""
-    reduced = dtype in (torch.float16, torch.bfloat16)
-    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float16 else {}
-    if dtype == torch.bfloat16:
-        tol = {"atol": 1e-2, "rtol": 1.6e-2}
-    inputs = info.optim_inputs_func(device=DEVICE)[:n_inputs]
+    plus a 0-d parameter, with a None-grad step (i == 2) and a frozen layer (i == 3, 4); after
+    each iteration every param and state entry of the ``flag=True`` run is compared with the
+    for-loop run (dtype default tolerances; 5e-3 for bf16/fp16, as torch) and then set to the
+    for-loop value, as torch's ``TensorTracker.pop_check_set`` does (no compounding)."""
+    # torch's low-precision allowance for fused vs for-loop (its optim_db toleranceOverride for
+    # test_fused_matches_forloop: the for-loop has more dtype casts); defaults otherwise.
+    tol = {"atol": 5e-3, "rtol": 5e-3} if dtype in (torch.bfloat16, torch.float16) else {}
+    inputs = info.optim_inputs_func(device=DEVICE, dtype=dtype)[:n_inputs]
     for optim_input in inputs:
         models, optimizers = [], []
         x = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], dtype=dtype).reshape(3, 2)
@@ -584,7 +585,10 @@ def _derived_parity(
             kwargs[flag] = flag_value
             torch.manual_seed(1)
             model = torch.nn.Sequential(
-                torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1), torch.nn.Sigmoid()
+                torch.nn.Linear(2, 3),
+                torch.nn.Sigmoid(),
+                torch.nn.Linear(3, 1),
+                torch.nn.Sigmoid(),
             ).to(dtype)
             empty_param = torch.empty((), dtype=dtype, requires_grad=True)
             empty_param.grad = torch.rand_like(empty_param)
@@ -600,19 +604,23 @@ def _derived_parity(
                 if i != 2:
                     model(x).sum().backward()
                 optimizer.step()
-            for j, (p0, p1) in enumerate(zip(models[0].parameters(), models[1].parameters())):
+            pairs = zip(models[0].parameters(), models[1].parameters())
+            for j, (p0, p1) in enumerate(pairs):
                 msg = f"{optim_input.desc}, iteration {i}, param {j}"
-                if reduced:
-                    torch.testing.assert_close(p1, p0, **tol, msg=msg)
-                else:
-                    torch.testing.assert_close(p1, p0, msg=msg)
+                torch.testing.assert_close(p1, p0, **tol, msg=lambda m, msg=msg: f"{msg}: {m}")
+                with torch.no_grad():
+                    p1.copy_(p0)
                 s0, s1 = optimizers[0].state[p0], optimizers[1].state[p1]
                 assert set(s0) == set(s1), msg
                 for k in s0:
-                    if reduced:
-                        torch.testing.assert_close(s1[k], s0[k], **tol, msg=f"{msg}, {k}")
-                    else:
-                        torch.testing.assert_close(s1[k], s0[k], msg=f"{msg}, {k}")
+                    if not isinstance(s0[k], torch.Tensor):
+                        assert s0[k] == s1[k], f"{msg}, {k}"
+                        continue
+                    torch.testing.assert_close(
+                        s1[k], s0[k], **tol, msg=lambda m, msg=msg, k=k: f"{msg}, {k}: {m}"
+                    )
+                    with torch.no_grad():
+                        s1[k].copy_(s0[k])
 
 
 @pytest.mark.parametrize("info", _infos_with("foreach"), ids=_info_id)
