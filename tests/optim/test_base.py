@@ -131,3 +131,20 @@ def test_zeroth_order_step_needs_a_scalar_closure_and_never_touches_grads() -> N
     loss = opt.step(lambda: (p**2).sum())
     assert p.grad is None and not loss.requires_grad
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is never drawn from
+
+
+def test_checkpoint_saved_before_a_flag_existed_loads_with_the_default() -> None:
+    from optforge.optim import Lion
+
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = Lion([p], lr=0.1)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    saved = round_trip(opt.state_dict())
+    for key in ("backend", "stochastic_rounding", "seed", "foreach", "fused", "maximize"):
+        del saved["param_groups"][0][key]
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["backend"] is None and opt.param_groups[0]["seed"] == 0
+    del saved["param_groups"][0]["betas"]  # a hyperparameter proper: not this optimizer's dict
+    with pytest.raises(ValueError, match=r"lacks \['betas'\]"):
+        opt.load_state_dict(saved)

@@ -69,6 +69,10 @@ _BOOL_FLAGS = {
     "foreach": True,
     "fused": True,
 }
+#: switches a checkpoint may lack because it was saved before they existed; loading fills them
+#: with this optimizer's defaults, as torch does for its flags. Hyperparameters proper (lr,
+#: betas, ...) must be present: a dict without them is not this optimizer's.
+_FLAGS_FILLED_ON_LOAD = (*_BOOL_FLAGS, "backend", "seed")
 #: the counter that seeds a parameter's stochastic-rounding bits (added to its state when used).
 _ROUNDING_STEP = "rounding_step"
 
@@ -255,6 +259,9 @@ class OptimizerBase(Optimizer):
                     f"state_dict['param_groups'][{i}] has {len(saved['params'])} parameters, "
                     f"this {name}'s group {i} has {len(group['params'])}"
                 )
+            for flag in _FLAGS_FILLED_ON_LOAD:  # older checkpoints predate these flags
+                if flag not in saved and flag in self.defaults:
+                    saved[flag] = self.defaults[flag]
             missing = [k for k in self._hyper_names if k not in saved]
             if missing:
                 raise ValueError(
