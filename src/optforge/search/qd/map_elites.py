@@ -20,8 +20,10 @@ from optforge.search.base import (
     SearchAlgorithm,
     array_from_state,
     array_to_state,
+    check_config,
     check_finite_number,
     check_ids,
+    check_state_kind,
     rng_from_state,
     rng_to_state,
 )
@@ -31,6 +33,9 @@ from optforge.search.qd.emitters import EmitterBase
 __all__ = ["MapElites"]
 
 _VERSION = 1
+
+
+_NOT_NUMBERS = (str, bytes, bool, np.bool_)
 
 
 class MapElites(SearchAlgorithm):
@@ -193,7 +198,11 @@ class MapElites(SearchAlgorithm):
         # Fast path: well-formed pairs of numbers convert in two numpy calls.
         try:
             pairs = [(f, b) for f, b in results]
-            objectives = np.array([f for f, _ in pairs], dtype=np.float64)
+            objs = [f for f, _ in pairs]
+            # numpy would convert "1.0" and True; the slow path rejects them as every tell() does.
+            if any(isinstance(f, _NOT_NUMBERS) for f in objs):
+                raise TypeError
+            objectives = np.array(objs, dtype=np.float64)
             measures = np.array([b for _, b in pairs], dtype=np.float64)
         except (TypeError, ValueError, RuntimeError):
             objectives = measures = None
@@ -208,31 +217,32 @@ class MapElites(SearchAlgorithm):
         return self._parse_slowly(ids, results)
 
     def _parse_slowly(
-        self, ids: list[int], results: Sequence[Any]
+        self, ids: Sequence[int | str], results: Sequence[Any]
     ) -> tuple[np.ndarray, np.ndarray]:
-        # One result at a time, to name the offending id in the error.
+        # One result at a time, to name the offending id (or "the result") in the error.
         m = self.archive.measure_dim
         objectives = np.empty(len(ids))
         measures = np.empty((len(ids), m))
         for row, (cid, r) in enumerate(zip(ids, results)):
+            cid = f"id {cid}" if isinstance(cid, int) else cid
             if (
                 isinstance(r, (str, bytes, dict))
                 or not isinstance(r, (Sequence, np.ndarray))
                 or len(r) != 2
             ):
                 raise ValueError(
-                    f"result for id {cid} must be a pair (objective, measures) (got {r!r})"
+                    f"result for {cid} must be a pair (objective, measures) (got {r!r})"
                 )
-            objectives[row] = check_finite_number(f"objective of id {cid}", r[0])
+            objectives[row] = check_finite_number(f"objective of {cid}", r[0])
             b = r[1].detach().cpu().numpy() if isinstance(r[1], torch.Tensor) else r[1]
             b = np.asarray(b, dtype=np.float64)
             if b.shape != (m,):
                 raise ValueError(
-                    f"measures of id {cid} must have shape ({m},) (m = archive.measure_dim) "
+                    f"measures of {cid} must have shape ({m},) (m = archive.measure_dim) "
                     f"(got shape {b.shape})"
                 )
             if not np.all(np.isfinite(b)):
-                raise ValueError(f"measures of id {cid} must be finite (got {b})")
+                raise ValueError(f"measures of {cid} must be finite (got {b})")
             measures[row] = b
         return objectives, measures
 
@@ -240,7 +250,7 @@ class MapElites(SearchAlgorithm):
         """Raise ``ValueError``/``TypeError`` if ``result`` is not a valid ``(objective,
         measures)`` pair; used by :func:`optforge.search.run` to route bad results to its
         failure policy."""
-        self._parse([-1], [result])
+        self._parse_slowly(["the result"], [result])
 
     def tell(self, ids: Sequence[int], results: Sequence[Any]) -> None:
         """Report ``(objective, measures)`` for pending ``ids`` (any order, any subset).
@@ -316,7 +326,9 @@ class MapElites(SearchAlgorithm):
         ids = self.pending
         sols, owner = self._take(ids)
         state = {
+            "saved_by": type(self).__name__,
             "version": _VERSION,
+            "emitter_configs": [e.config() for e in self.emitters],
             "seed": self.seed,
             "next_id": self._next_id,
             "num_told": self.num_told,
@@ -332,8 +344,8 @@ class MapElites(SearchAlgorithm):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != _VERSION:
-            raise ValueError(f"state version must be {_VERSION} (got {state.get('version')})")
+        keys = ("archive", "emitters", "seed", "next_id", "num_told", "rng", "pending_ids")
+        check_state_kind(state, type(self).__name__, _VERSION, keys)
         if len(state["emitters"]) != len(self.emitters):
             raise ValueError(
                 f"state has {len(state['emitters'])} emitters but this search has "
@@ -341,6 +353,8 @@ class MapElites(SearchAlgorithm):
             )
         if ("result_archive" in state) != (self.result_archive is not None):
             raise ValueError("state and this search disagree on having a result_archive")
+        for k, (e, saved) in enumerate(zip(self.emitters, state.get("emitter_configs", []))):
+            check_config(f"emitter (emitters[{k}])", saved, e.config())
         self.archive.load_state_dict(state["archive"])
         if self.result_archive is not None:
             self.result_archive.load_state_dict(state["result_archive"])
