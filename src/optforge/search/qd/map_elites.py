@@ -35,7 +35,9 @@ __all__ = ["MapElites"]
 _VERSION = 1
 
 
-_NOT_NUMBERS = (str, bytes, bool, np.bool_)
+# Objective types the fast path of tell() takes as they are; anything else (str, bool, tensors)
+# goes through check_finite_number one row at a time.
+_NUMBER_TYPES = {float, int, np.float64, np.float32, np.float16, np.int64, np.int32}
 
 
 class MapElites(SearchAlgorithm):
@@ -174,6 +176,14 @@ class MapElites(SearchAlgorithm):
 
     def _take(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Solutions and emitter indices of pending ids (no removal)."""
+        first = self._pending.get(ids[0]) if ids else None
+        if first is not None and ids[-1] - ids[0] == len(ids) - 1 and ids == sorted(ids):
+            # Consecutive ids starting in one batch lie in it (a batch is a range of ids): the
+            # common whole-batch tell is two slices, not a dictionary look-up per id.
+            batch = self._batches[first]
+            rows = slice(ids[0] - first, ids[-1] - first + 1)
+            if rows.stop <= len(batch[0]):
+                return batch[0][rows].copy(), batch[1][rows].copy()
         ids_arr = np.asarray(ids, dtype=np.int64)
         firsts = np.fromiter((self._pending[i] for i in ids), dtype=np.int64, count=len(ids))
         d = self.archive.solution_dim
@@ -186,6 +196,10 @@ class MapElites(SearchAlgorithm):
         return solutions, owner
 
     def _forget(self, ids: list[int]) -> None:
+        if len(ids) == len(self._pending):  # every pending id (ids are pending and distinct)
+            self._pending.clear()
+            self._batches.clear()
+            return
         for i in ids:
             first = self._pending.pop(i)
             batch = self._batches[first]
@@ -200,7 +214,8 @@ class MapElites(SearchAlgorithm):
             pairs = [(f, b) for f, b in results]
             objs = [f for f, _ in pairs]
             # numpy would convert "1.0" and True; the slow path rejects them as every tell() does.
-            if any(isinstance(f, _NOT_NUMBERS) for f in objs):
+            # (One set of types, not an isinstance per row: this is the hot path of a tell.)
+            if not set(map(type, objs)) <= _NUMBER_TYPES:
                 raise TypeError
             objectives = np.array(objs, dtype=np.float64)
             measures = np.array([b for _, b in pairs], dtype=np.float64)
