@@ -5,7 +5,8 @@ emitter of 540 per iteration; Gaussian sigma 0.5, Iso+LineDD (0.5, 0.2)). Both r
 side by side in blocks of ``--block`` iterations, alternating which goes first, so that machine
 load hits both alike; the ratio is the median over blocks of ours / pyribs' time for the same
 iterations (ask + evaluate + tell through each library's public loop: ours
-``ask``/``tell(ids, pairs)``, pyribs' ``Scheduler``).
+``ask``/``tell(ids, pairs)`` and, on a second row, the array pair ``ask_arrays``/``tell_arrays``;
+pyribs' ``Scheduler``).
 
     OMP_NUM_THREADS=1 python benchmarks/search_qd_speed.py [--blocks 20 --block 25]
 """
@@ -24,7 +25,7 @@ DIM, RANGE, BATCH = 100, (-256.0, 256.0), 540
 KW = {"gaussian": {"sigma": 0.5}, "iso_line": {"iso_sigma": 0.5, "line_sigma": 0.2}}
 
 
-def ours(kind: str, seed: int):
+def ours(kind: str, seed: int, arrays: bool = False):
     archive = GridArchive(solution_dim=DIM, dims=(100, 100), ranges=[RANGE] * 2)
     cls = GaussianEmitter if kind == "gaussian" else IsoLineEmitter
     search = MapElites(archive, [cls(archive, batch_size=BATCH, **KW[kind])], seed=seed)
@@ -34,7 +35,11 @@ def ours(kind: str, seed: int):
         objectives, measures = sphere(np.stack([c.value for c in cands]))
         search.tell([c.id for c in cands], list(zip(objectives, measures)))
 
-    return step, lambda: search.stats.qd_score
+    def step_arrays() -> None:
+        ids, solutions = search.ask_arrays()
+        search.tell_arrays(ids, *sphere(solutions))
+
+    return (step_arrays if arrays else step), lambda: search.stats.qd_score
 
 
 def pyribs(kind: str, seed: int):
@@ -70,8 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     print("| Emitter | ours ms/it (median) | pyribs ms/it (median) | ratio (median, p10-p90) |")
     print("|---|---:|---:|---:|")
-    for kind in KW:
-        a, qa = ours(kind, args.seed)
+    for kind, arrays in [(k, a) for k in KW for a in (False, True)]:
+        a, qa = ours(kind, args.seed, arrays)
         b, qb = pyribs(kind, args.seed)
         timed(a, 3), timed(b, 3)  # warm-up: pyribs compiles numba kernels on first use
         ta, tb, ratios = [], [], []
@@ -85,7 +90,8 @@ def main() -> None:
             ratios.append(x / y)
         q = np.quantile(ratios, [0.1, 0.9])
         print(
-            f"| {kind} | {1e3 * statistics.median(ta):.2f} | {1e3 * statistics.median(tb):.2f} | "
+            f"| {kind}{', arrays' if arrays else ''} | {1e3 * statistics.median(ta):.2f} | "
+            f"{1e3 * statistics.median(tb):.2f} | "
             f"{statistics.median(ratios):.2f} ({q[0]:.2f}-{q[1]:.2f}) |",
             flush=True,
         )

@@ -653,3 +653,23 @@ def test_cma_resume_mid_generation(soft):
 def test_cma_emitter_bad_arguments(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         EvolutionStrategyEmitter(grid(), **{"sigma0": 0.5, **kwargs})
+
+
+def test_ask_arrays_and_tell_arrays_give_the_same_search_as_ask_and_tell():
+    def make():
+        a = grid(dims=(5, 5), solution_dim=4)
+        emitters = [GaussianEmitter(a, sigma=0.3, batch_size=7), IsoLineEmitter(a, batch_size=5)]
+        return MapElites(a, emitters, seed=3)
+
+    plain, arrays = make(), make()
+    for _ in range(6):
+        cands = plain.ask()
+        ids, sol = arrays.ask_arrays()
+        assert ids.tolist() == [c.id for c in cands]
+        np.testing.assert_array_equal(sol, np.stack([c.value for c in cands]))
+        obj, meas = -np.sum(sol**2, axis=1), sol[:, :2] % 1.0
+        plain.tell([c.id for c in cands], list(zip(obj, meas)))
+        arrays.tell_arrays(ids, obj, meas)
+    for k, v in plain.archive.elites().items():
+        np.testing.assert_array_equal(v, arrays.archive.elites()[k])
+    assert plain.pending == arrays.pending == []

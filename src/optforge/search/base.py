@@ -130,6 +130,8 @@ def check_ids(ids: Sequence[int], pending: Any, results: Sequence[Any] | None = 
     """
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray):
         raise TypeError(f"ids must be a sequence of ints (got {type(ids).__name__})")
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":
+        ids = ids.tolist()  # plain ints at once, not a numpy scalar check per id
     out = [i if type(i) is int else _as_id(i) for i in ids]
     if results is not None and len(results) != len(out):
         raise ValueError(

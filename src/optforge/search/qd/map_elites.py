@@ -144,6 +144,16 @@ class MapElites(SearchAlgorithm):
 
     def ask(self, n: int | None = None) -> list[Candidate]:
         """Propose ``n`` candidates (default: :attr:`batch_size`)."""
+        ids, solutions = self.ask_arrays(n)
+        return list(map(Candidate, ids.tolist(), solutions))
+
+    def ask_arrays(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorized :meth:`ask`: candidate ids ``(k,)`` int64 and solutions ``(k, d)``.
+
+        The same proposals, ids and random stream as :meth:`ask`, without a :class:`Candidate`
+        per row; pair it with :meth:`tell_arrays` where evaluation is vectorized too (as pyribs'
+        ``Scheduler`` is).
+        """
         if n is None:
             counts = [e.batch_size for e in self.emitters]
         else:
@@ -172,7 +182,7 @@ class MapElites(SearchAlgorithm):
             rows = np.flatnonzero(owners == i)
             if rows.size:
                 e.asked(first + rows)
-        return list(map(Candidate, ids, solutions))
+        return np.arange(first, first + k, dtype=np.int64), solutions
 
     def _take(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Solutions and emitter indices of pending ids (no removal)."""
