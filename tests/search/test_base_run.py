@@ -279,14 +279,13 @@ def test_non_finite_result_goes_through_the_policy():
 
 def test_timeout_on_own_process_pool_kills_hung_workers():
     search = make_search(batch_size=6)
-    start = time.monotonic()
     history = run(search, sleeps_when_first_positive, budget=12, timeout=4.0, on_failure="discard")
-    assert time.monotonic() - start < 25.0  # never waited for a 30 s evaluation
     timed_out = [e for e in history.evaluations if isinstance(e.error, TimeoutError)]
     assert timed_out and history.counts["timed_out"] == len(timed_out)
-    # Every hung evaluation timed out; fast ones queued behind them on the pool may too.
+    assert all(e.wall_time < 15.0 for e in timed_out)  # never waited for a 30 s evaluation
+    # Every hung evaluation timed out, alone: fast ones beside or behind it succeed.
     assert all(isinstance(e.error, TimeoutError) for e in history.evaluations if e.value[0] > 0.3)
-    assert all(e.value[0] <= 0.3 for e in history.evaluations if e.ok)
+    assert all(e.ok for e in history.evaluations if e.value[0] <= 0.3)
     assert history.n_evaluations == 12 and search.pending == []
 
 

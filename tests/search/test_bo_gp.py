@@ -158,3 +158,17 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match=r"lengthscales must be positive with shape \(3,\)"):
         bad = GPHyperparameters(np.array([1.0, -1.0, 1.0]), 1.0, 0.1)
         GaussianProcess().set_hyperparameters(*_data(), bad)
+
+
+def test_fit_is_bounded_where_the_signal_variance_underflows() -> None:
+    # Ackley-5D with deterministic_objective=True (seed 4, evaluation 61) drove log s to about
+    # -800 in a line search: s underflowed to 0 and math.log(0) raised "math domain error".
+    X, y = _data()
+    gp = GaussianProcess(deterministic_objective=True).set_hyperparameters(X, y, HYPER)
+    theta = np.concatenate([np.zeros(3), [-800.0, 0.0]])
+    value, grad = gp.objective_and_grad(theta)  # raised ValueError before
+    assert np.isfinite(grad).all() and not math.isnan(value)
+    # A fit keeps every raw parameter inside its box, whatever the data.
+    flat = np.concatenate([X, X + 1e-9])
+    gp.fit(flat, np.concatenate([y, y]), rng=np.random.default_rng(4))
+    assert np.all(np.abs(gp._theta[:4]) <= math.log(1e6) + 1e-9)

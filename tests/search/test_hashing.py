@@ -425,3 +425,57 @@ def test_instruction_level_sanity():
         (Instruction("scale", 3, 0, 0, 1.0), Instruction("scale", 2, 3, 0, 1.0)), ("g", "m"), 2
     )
     assert _key(a) == _key(b) and a.structural_key() != b.structural_key()
+
+
+# -- probes from the fitness inputs; the audit's interval ------------------------------------
+
+
+def test_probes_drawn_from_the_fitness_inputs_tell_apart_what_default_probes_do_not():
+    # Data where x/y lies in [2.5, 2.6]: sign(x - 2.55 y) and sign(x - 2.56 y) differ on a tenth
+    # of the data but almost nowhere the default N(0, 1)-based probes go (a wrong hit there).
+    rng = np.random.default_rng(0)
+    y = rng.uniform(1.0, 2.0, 512)
+    data = {"x": y * rng.uniform(2.5, 2.6, 512), "y": y}
+    a = Program.from_expression("sign(sub(x, scale(y, 2.55)))", inputs=("x", "y"))
+    b = Program.from_expression("sign(sub(x, scale(y, 2.56)))", inputs=("x", "y"))
+    assert np.any(a(**data) != b(**data))  # different fitness on the data
+    default = FunctionalHash(ProgramProbe(("x", "y")))
+    assert default(a) == default(b)
+    on_data = FunctionalHash(ProgramProbe(("x", "y"), data=data))
+    assert on_data(a) != on_data(b)
+    probe = ProgramProbe(("x", "y"), n_probes=64, data=data)
+    assert probe.n_probes == 64 and set(probe.values["x"]) <= set(data["x"])
+    whole = ProgramProbe(("x", "y"), n_probes=1000, data=data)  # all 512 rows, in order
+    assert whole.n_probes == 512 and np.array_equal(whole.values["y"], data["y"])
+    with pytest.raises(ValueError, match="missing"):
+        ProgramProbe(("x", "y"), data={"x": data["x"]})
+
+
+def test_binomial_interval_is_exact_and_covers():
+    from optforge.search.hashing import binomial_interval
+
+    # k = 0 and k = n have closed forms: (0, 1 - (a/2)^(1/n)) and ((a/2)^(1/n), 1).
+    assert binomial_interval(0, 69) == (0.0, pytest.approx(1 - 0.025 ** (1 / 69)))
+    assert binomial_interval(50, 50) == (pytest.approx(0.025 ** (1 / 50)), 1.0)
+    assert binomial_interval(0, 0) == (0.0, 1.0)
+    lo, hi = binomial_interval(4, 95)
+    assert lo < 4 / 95 < hi
+    # At least 95% coverage where Wilson's falls short (p = 0.5%, n = 100: 91%).
+    rng = np.random.default_rng(0)
+    for p, n in [(0.005, 100), (0.02, 400), (0.001, 2000)]:
+        ks = rng.binomial(n, p, size=2000)
+        covered = np.mean([lo <= p <= hi for lo, hi in (binomial_interval(k, n) for k in ks)])
+        assert covered >= 0.95
+
+
+def test_telemetry_reports_the_audit_interval():
+    space, fitness = toy_domain()
+    evo = RegularizedEvolution(space.init, space.mutate, population_size=20, sample_size=5)
+    search = FunctionalHashing(
+        evo, FunctionalHash(ProgramProbe(("g", "m"), n_probes=16)), probe_cost=0.1, audit_rate=0.2
+    )
+    run(search, fitness, budget=60, executor="inline")
+    t = search.telemetry
+    assert t["audited"] > 0
+    assert t["wrong_hit_rate_low"] <= t["wrong_hit_rate"] <= t["wrong_hit_rate_high"]
+    assert t["wrong_hit_rate_high"] > 0.0  # never a bare "0 wrong" claim

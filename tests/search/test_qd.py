@@ -65,8 +65,11 @@ batches = st.integers(min_value=0, max_value=40).flatmap(
 
 
 @settings(max_examples=150, deadline=None)
-@given(first=batches, second=batches, threshold_min=st.sampled_from([-math.inf, -1.0, 0.5]))
-def test_batch_insert_equals_sequential_insert(first, second, threshold_min):
+@given(first=batches, second=batches)
+def test_batch_insert_equals_sequential_insert(first, second):
+    # A finite threshold_min always takes pyribs' batch threshold rule (tested against pyribs
+    # below); the sequential equivalence is the plain archive's.
+    threshold_min = -math.inf
     archive = grid(dims=(3, 2), threshold_min=threshold_min)
     for step, (objs, meas) in enumerate((first, second)):
         n = len(objs)
@@ -182,6 +185,61 @@ def test_archive_matches_pyribs_after_batches():
     np.testing.assert_allclose(e["solution"], data["solution"][order])
     assert ours.stats.qd_score == pytest.approx(theirs.stats.qd_score)
     assert ours.stats.coverage == pytest.approx(theirs.stats.coverage)
+
+
+@pytest.mark.parametrize("learning_rate, threshold_min", [(1.0, 0.0), (0.1, -1.0), (None, None)])
+def test_archive_thresholds_and_best_match_pyribs_batch_by_batch(learning_rate, threshold_min):
+    # The rules pyribs 0.12 applies and optforge follows: a finite threshold_min takes the batch
+    # threshold update even at learning_rate = 1; best_elite/obj_max are the best ever added.
+    ribs = pytest.importorskip("ribs.archives")
+    kw = {} if learning_rate is None else {"learning_rate": learning_rate}
+    if threshold_min is not None:
+        kw["threshold_min"] = threshold_min
+    ours = GridArchive(solution_dim=3, dims=(4, 4), ranges=[(0, 1), (0, 1)], **kw)
+    theirs = ribs.GridArchive(solution_dim=3, dims=(4, 4), ranges=[(0, 1), (0, 1)], **kw)
+    rng = np.random.default_rng(7)
+    differ_from_current_best = 0
+    for _ in range(40):
+        n = int(rng.integers(1, 30))
+        sol, obj, meas = rng.normal(size=(n, 3)), rng.normal(size=n), rng.uniform(size=(n, 2))
+        res = ours.add(sol, obj, meas)
+        info = theirs.add(sol, obj, meas)
+        np.testing.assert_array_equal(res.batch_status, info["status"])
+        np.testing.assert_allclose(res.batch_value, info["value"])
+        data = theirs.data()
+        e = ours.elites()
+        order = np.argsort(data["index"])
+        np.testing.assert_array_equal(e["index"], data["index"][order])
+        np.testing.assert_allclose(e["objective"], data["objective"][order])
+        np.testing.assert_allclose(e["threshold"], data["threshold"][order])
+        np.testing.assert_allclose(e["solution"], data["solution"][order])
+        assert ours.stats.obj_max == pytest.approx(float(theirs.stats.obj_max))
+        assert ours.best_elite["objective"] == pytest.approx(theirs.best_elite["objective"])
+        np.testing.assert_allclose(ours.best_elite["solution"], theirs.best_elite["solution"])
+        assert ours.best_elite["index"] == theirs.best_elite["index"]
+        differ_from_current_best += ours.stats.obj_max != e["objective"].max()
+    if learning_rate == 0.1:  # the soft archive lost its best elite at some point
+        assert differ_from_current_best > 0
+
+
+def test_threshold_min_without_learning_rate_is_rejected_as_pyribs_does():
+    ribs = pytest.importorskip("ribs.archives")
+    with pytest.raises(ValueError, match="without setting learning_rate"):
+        ribs.GridArchive(solution_dim=2, dims=(2,), ranges=[(0, 1)], threshold_min=0.0)
+    with pytest.raises(ValueError, match="without a learning_rate"):
+        grid(threshold_min=0.0)
+    grid(threshold_min=0.0, learning_rate=1.0)  # explicit CMA-MAE settings are fine
+
+
+def test_best_elite_survives_a_state_round_trip():
+    archive = grid(dims=(2,), solution_dim=1, learning_rate=0.5, threshold_min=0.0)
+    archive.add([[1.0]], [5.0], [[0.1]])
+    archive.add([[2.0]], [4.0], [[0.1]])  # above the soft threshold 2.5: replaces the elite
+    assert archive.elites()["objective"].tolist() == [4.0]
+    assert archive.best_elite["objective"] == 5.0 and archive.stats.obj_max == 5.0
+    again = grid(dims=(2,), solution_dim=1, learning_rate=0.5, threshold_min=0.0)
+    again.load_state_dict(archive.state_dict())
+    assert again.best_elite["objective"] == 5.0 and again.best_elite["solution"].tolist() == [1.0]
 
 
 def test_cvt_nearest_centroid_and_kmeans():
@@ -433,7 +491,7 @@ def test_bad_add_and_map_elites_arguments():
         s.tell_arrays([s.ask(1)[0].id], [1.0, 2.0], [[0.0, 0.0]])
     with pytest.raises(ValueError, match=r"state has dims = \[4, 4\]"):
         grid(dims=(2, 8)).load_state_dict(archive.state_dict())
-    with pytest.raises(ValueError, match="solution_dim = 3 but this archive has solution_dim = 4"):
+    with pytest.raises(ValueError, match=r"solution_dim \(saved 3, here 4\)"):
         grid(solution_dim=4).load_state_dict(archive.state_dict())
 
 
@@ -595,3 +653,23 @@ def test_cma_resume_mid_generation(soft):
 def test_cma_emitter_bad_arguments(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         EvolutionStrategyEmitter(grid(), **{"sigma0": 0.5, **kwargs})
+
+
+def test_ask_arrays_and_tell_arrays_give_the_same_search_as_ask_and_tell():
+    def make():
+        a = grid(dims=(5, 5), solution_dim=4)
+        emitters = [GaussianEmitter(a, sigma=0.3, batch_size=7), IsoLineEmitter(a, batch_size=5)]
+        return MapElites(a, emitters, seed=3)
+
+    plain, arrays = make(), make()
+    for _ in range(6):
+        cands = plain.ask()
+        ids, sol = arrays.ask_arrays()
+        assert ids.tolist() == [c.id for c in cands]
+        np.testing.assert_array_equal(sol, np.stack([c.value for c in cands]))
+        obj, meas = -np.sum(sol**2, axis=1), sol[:, :2] % 1.0
+        plain.tell([c.id for c in cands], list(zip(obj, meas)))
+        arrays.tell_arrays(ids, obj, meas)
+    for k, v in plain.archive.elites().items():
+        np.testing.assert_array_equal(v, arrays.archive.elites()[k])
+    assert plain.pending == arrays.pending == []

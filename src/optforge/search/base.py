@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +34,10 @@ __all__ = [
     "SearchAlgorithm",
     "array_from_state",
     "array_to_state",
+    "check_config",
     "check_finite_number",
     "check_ids",
+    "check_state_kind",
     "rng_from_state",
     "rng_to_state",
 ]
@@ -128,6 +130,8 @@ def check_ids(ids: Sequence[int], pending: Any, results: Sequence[Any] | None = 
     """
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray):
         raise TypeError(f"ids must be a sequence of ints (got {type(ids).__name__})")
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":
+        ids = ids.tolist()  # plain ints at once, not a numpy scalar check per id
     out = [i if type(i) is int else _as_id(i) for i in ids]
     if results is not None and len(results) != len(out):
         raise ValueError(
@@ -172,6 +176,35 @@ def check_finite_number(name: str, value: Any) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite (got {v})")
     return v
+
+
+def check_state_kind(state: Any, kind: str, version: int, keys: Sequence[str] = ()) -> None:
+    """Check that ``state`` is a ``state_dict`` saved by ``kind`` (a class name) at ``version``.
+
+    States carry ``"saved_by"``; one saved by another algorithm (a BO state given to evolution)
+    is refused by name instead of failing later on a missing key. ``keys`` must be present.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a {kind} state_dict (got {type(state).__name__})")
+    saved_by = state.get("saved_by")
+    if saved_by is not None and saved_by != kind:
+        raise ValueError(f"state was saved by {saved_by}, not by {kind}")
+    if state.get("version") != version:
+        raise ValueError(
+            f"state must be a {kind} state_dict of version {version} "
+            f"(got version {state.get('version')!r})"
+        )
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"state is not a {kind} state_dict: it lacks {missing}")
+
+
+def check_config(what: str, saved: Mapping, here: Mapping) -> None:
+    """Raise ``ValueError`` naming every setting where a saved configuration differs from ours."""
+    diff = [k for k in dict.fromkeys([*here, *saved]) if saved.get(k) != here.get(k)]
+    if diff:
+        parts = ", ".join(f"{k} (saved {saved.get(k)!r}, here {here.get(k)!r})" for k in diff)
+        raise ValueError(f"state belongs to another {what}: {parts}")
 
 
 def rng_to_state(rng: np.random.Generator) -> dict:

@@ -36,6 +36,7 @@ from optforge.search.base import (
     SearchAlgorithm,
     check_finite_number,
     check_ids,
+    check_state_kind,
     rng_from_state,
     rng_to_state,
 )
@@ -259,6 +260,7 @@ class RegularizedEvolution(SearchAlgorithm):
     def state_dict(self) -> dict:
         """Population, pending individuals, best, counters and the RNG state (plain data)."""
         return {
+            "saved_by": type(self).__name__,
             "version": _STATE_VERSION,
             "population_size": self.population_size,
             "sample_size": self.sample_size,
@@ -279,12 +281,8 @@ class RegularizedEvolution(SearchAlgorithm):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict`; hyperparameters must match this instance's."""
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"state must be a RegularizedEvolution state_dict of version {_STATE_VERSION} "
-                f"(got {type(state).__name__} with version "
-                f"{state.get('version') if isinstance(state, dict) else None!r})"
-            )
+        keys = ("population_size", "sample_size", "batch_size", "maximize", "population")
+        check_state_kind(state, type(self).__name__, _STATE_VERSION, keys)
         for key in ("population_size", "sample_size", "batch_size", "maximize"):
             if state[key] != getattr(self, key):
                 raise ValueError(

@@ -48,6 +48,7 @@ from optforge.search.base import (
     SearchAlgorithm,
     check_finite_number,
     check_ids,
+    check_state_kind,
     rng_from_state,
     rng_to_state,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "ProgramProbe",
     "fingerprint",
     "round_significant",
+    "binomial_interval",
 ]
 
 _STATE_VERSION = 1
@@ -171,10 +173,18 @@ class ProgramProbe:
     4096 probes 2 of 110, and 4096 probes with constants on a 0.01 grid
     (``ProgramSpace(const_decimals=2)``) none of 114 (and of 124 with another seed).
 
+    With ``data`` (the fitness inputs), probe points are instead rows drawn from the data
+    without replacement (all rows when ``n_probes >= len(data)``): only outputs on the fitness
+    inputs decide a fitness, and probes drawn elsewhere can miss where the data lies (``max``/
+    ``min`` programs that differ only there). On symbolic regression of ``tanh(xy) + 0.3(x -
+    y)^2`` (``benchmarks/search_hashing_symbolic.py``, 5 seeds x 5,000 children) 256 probes from
+    the data gave 0 wrong fitnesses in 20,634 hits, the default 256 probes 3 in 20,492.
+
     Args:
         inputs: input names, as the programs' ``inputs``.
         n_probes: probe points per input, >= 2 (default 256; the card's toy used 16).
         seed: probe RNG seed (default AutoML-Zero's probe seed, 235732282).
+        data: optional ``{input: (N,) array}``, the inputs the fitness evaluates programs on.
     """
 
     def __init__(
@@ -183,11 +193,16 @@ class ProgramProbe:
         *,
         n_probes: int = 256,
         seed: int = AUTOML_ZERO_PROBE_SEED,
+        data: dict[str, Any] | None = None,
     ) -> None:
         self.inputs = tuple(inputs)
         self.n_probes = check_int("n_probes", n_probes, low=2)
         self.seed = check_int("seed", seed, low=0)
         rng = np.random.default_rng(seed)
+        if data is not None:
+            self.values = _rows_of(data, self.inputs, n_probes, rng)
+            self.n_probes = len(next(iter(self.values.values())))
+            return
         n_unit = n_probes // 2
         scale = np.concatenate([np.ones(n_unit), 10.0 ** rng.uniform(-4.0, 3.0, n_probes - n_unit)])
         self.values = {name: scale * rng.standard_normal(n_probes) for name in self.inputs}
@@ -282,6 +297,39 @@ class FitnessCache:
             for k, (m, c, h) in zip(state["keys"], state["entries"])
         )
         self.evictions = int(state["evictions"])
+
+
+def _rows_of(
+    data: dict[str, Any], inputs: tuple[str, ...], n: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    missing = [k for k in inputs if k not in data]
+    if missing:
+        raise ValueError(f"data must hold every input; missing {missing}")
+    cols = {k: np.asarray(data[k], dtype=np.float64).reshape(-1) for k in inputs}
+    sizes = {len(v) for v in cols.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"data's inputs must be non-empty and of one length (got {sizes})")
+    (size,) = sizes
+    rows = np.arange(size) if n >= size else np.sort(rng.choice(size, n, replace=False))
+    return {k: v[rows].copy() for k, v in cols.items()}
+
+
+def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact) interval for a binomial proportion ``k / n``.
+
+    It covers the true proportion with probability at least ``confidence`` for every ``p`` and
+    ``n`` (Wilson's interval drops to ~91% at p = 0.5%, n = 100: rare wrong hits are exactly that
+    regime), and it is not empty at ``k = 0``: 0 wrong of 69 audited hits gives (0, 5.2%), honest
+    about how little 69 audits can rule out.
+    """
+    from scipy.special import betaincinv  # lazily: only audits need it
+
+    if n == 0:
+        return 0.0, 1.0
+    tail = (1.0 - confidence) / 2.0
+    low = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, tail))
+    high = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1.0 - tail))
+    return low, high
 
 
 class FunctionalHashing(SearchAlgorithm):
@@ -532,7 +580,9 @@ class FunctionalHashing(SearchAlgorithm):
           reason; ``full_evaluations``: results told (discarded ones are not counted);
           ``effective_evaluations = full_evaluations + probe_cost · probes``;
         - ``audits`` (issued), ``audited`` (told), ``wrong_hits``, ``wrong_hit_rate =
-          wrong_hits / audited``;
+          wrong_hits / audited``, an unbiased estimate of the share of cache hits answered with
+          a wrong fitness (audits are a uniform draw of those hits), and its 95% Clopper-Pearson
+          interval ``wrong_hit_rate_low``, ``wrong_hit_rate_high``;
           ``refreshes`` and ``refresh_mismatches`` likewise for forget-after-N re-evaluations;
         - ``evaluations_saved = candidates − effective_evaluations`` (against no cache, where
           each candidate is one full evaluation); ``discarded``; ``cache_size``.
@@ -546,6 +596,8 @@ class FunctionalHashing(SearchAlgorithm):
         t["effective_evaluations"] = t["full_evaluations"] + self.probe_cost * t["probes"]
         t["evaluations_saved"] = t["candidates"] - t["effective_evaluations"]
         t["wrong_hit_rate"] = t["wrong_hits"] / t["audited"] if t["audited"] else 0.0
+        low, high = binomial_interval(int(t["wrong_hits"]), int(t["audited"]))
+        t["wrong_hit_rate_low"], t["wrong_hit_rate_high"] = low, high
         t["cache_size"] = len(self.cache)
         return t
 
@@ -555,6 +607,7 @@ class FunctionalHashing(SearchAlgorithm):
         """The wrapped algorithm's state, the cache, the structural map, in-flight bookkeeping,
         counters and the audit RNG (plain data)."""
         return {
+            "saved_by": type(self).__name__,
             "version": _STATE_VERSION,
             "algorithm": self.algorithm.state_dict(),
             "cache": self.cache.state_dict(),
@@ -569,10 +622,7 @@ class FunctionalHashing(SearchAlgorithm):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"state must be a FunctionalHashing state_dict of version {_STATE_VERSION}"
-            )
+        check_state_kind(state, type(self).__name__, _STATE_VERSION, ("algorithm", "cache"))
         self.algorithm.load_state_dict(state["algorithm"])
         self.cache.load_state_dict(state["cache"])
         self._structural = OrderedDict(

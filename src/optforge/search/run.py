@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 from optforge._validation import check_int, check_positive
 from optforge.search.base import Candidate, SearchAlgorithm
+from optforge.search.local_pool import LocalPool
 
 __all__ = ["EvaluationError", "Evaluation", "SearchHistory", "SerialExecutor", "run"]
 
@@ -149,14 +149,6 @@ def _timed_call(objective: Callable[[Any], Any], value: Any) -> tuple[Any, float
     return result, time.perf_counter() - start
 
 
-def _kill_pool(pool: cf.ProcessPoolExecutor) -> None:
-    # A timed-out evaluation keeps its worker busy and would block interpreter exit; terminate the
-    # workers of a pool we own. ``_processes`` is private but stable since Python 3.2.
-    for proc in list(getattr(pool, "_processes", {}).values()):
-        proc.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
 def run(
     algorithm: SearchAlgorithm,
     objective: Callable[[Any], Any],
@@ -212,7 +204,7 @@ def run(
     inline = executor == "inline" or isinstance(executor, SerialExecutor)
     if executor == "inline":
         executor = SerialExecutor()
-    own_pool: cf.ProcessPoolExecutor | None = None
+    own_pool: LocalPool | None = None
     history = SearchHistory(
         maximize=bool(getattr(algorithm, "maximize", True)), objective_of=algorithm.objective_of
     )
@@ -239,19 +231,16 @@ def run(
                 candidates = candidates[:remaining]
             candidates.sort(key=lambda c: c.id)
 
-            if executor is None:
-                workers = max(1, min(os.cpu_count() or 1, len(candidates)))
-                own_pool = cf.ProcessPoolExecutor(
-                    max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+            if executor is None and own_pool is None:
+                own_pool = LocalPool(min(os.cpu_count() or 1, len(candidates)))
+            if own_pool is not None:
+                evaluations = _evaluate_on_pool(
+                    own_pool, objective, candidates, timeout, batch_index
                 )
-                executor = own_pool
-            evaluations = _evaluate_batch(
-                executor, objective, candidates, timeout, inline, batch_index
-            )
-            if own_pool is not None and any(isinstance(e.error, TimeoutError) for e in evaluations):
-                _kill_pool(own_pool)
-                own_pool = None
-                executor = None
+            else:
+                evaluations = _evaluate_batch(
+                    executor, objective, candidates, timeout, inline, batch_index
+                )
 
             # Results tell() would reject are failures too, so one NaN does not sink the batch.
             checked = []
@@ -260,7 +249,9 @@ def run(
                     try:
                         algorithm.check_result(e.result)
                     except (ValueError, TypeError) as exc:
-                        e = Evaluation(e.id, e.value, e.result, exc, e.wall_time, e.batch)
+                        named = type(exc)(f"result of candidate {e.id} rejected: {exc}")
+                        named.__cause__ = exc
+                        e = Evaluation(e.id, e.value, e.result, named, e.wall_time, e.batch)
                 checked.append(e)
             evaluations = checked
 
@@ -286,7 +277,7 @@ def run(
                 ) from first.error
     finally:
         if own_pool is not None:
-            own_pool.shutdown(wait=True, cancel_futures=True)
+            own_pool.close(kill=True)
     return history
 
 
@@ -314,11 +305,31 @@ def _wait(futures: list[Any], timeout: float | None) -> set[int]:
 
 
 def _outcome(future: Any) -> tuple[Any, BaseException | None]:
-    # Foreign handles may lack exception(); result() re-raises the evaluation's error.
+    # Foreign handles may lack exception(); result() re-raises the evaluation's error. SystemExit
+    # from an objective (sys.exit in a worker or inline) is a failed evaluation, not the driver's
+    # exit; KeyboardInterrupt still stops the run.
     try:
         return future.result(), None
-    except Exception as exc:  # noqa: BLE001 - any evaluation error is data for the policy
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any evaluation error is data
         return None, exc
+
+
+def _evaluate_on_pool(
+    pool: LocalPool,
+    objective: Callable[[Any], Any],
+    candidates: list[Candidate],
+    timeout: float | None,
+    batch_index: int,
+) -> list[Evaluation]:
+    outcomes = pool.evaluate(_timed_call, objective, [c.value for c in candidates], timeout)
+    out = []
+    for c, (outcome, error, seconds) in zip(candidates, outcomes):
+        if error is not None:
+            out.append(Evaluation(c.id, c.value, None, error, seconds, batch_index))
+        else:
+            result, seconds = outcome
+            out.append(Evaluation(c.id, c.value, result, None, seconds, batch_index))
+    return out
 
 
 def _evaluate_batch(

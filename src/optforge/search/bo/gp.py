@@ -71,6 +71,11 @@ __all__ = [
 MIN_NOISE = 1e-6
 _STD_FLOOR = 1e-10  # Optuna's EPS in _standardize_values: constant targets do not divide by 0
 _SQRT5 = math.sqrt(5.0)
+# Box of the fit in raw parameters: rho and s within [1e-6, 1e6] (the priors put almost no mass
+# beyond), noise - min_noise within [1e-13, 150]. Keeps every exp and log finite.
+_LOG_RHO_BOUNDS = (math.log(1e-6), math.log(1e6))
+_LOG_S_BOUNDS = (math.log(1e-6), math.log(1e6))
+_RAW_NOISE_BOUNDS = (-30.0, 5.0)
 
 
 class _Matern52(torch.autograd.Function):
@@ -245,7 +250,7 @@ class GaussianProcess(Surrogate):
         grad[d] = (W * K).sum()
         grad[d + 1] = raw_noise * np.trace(W)
         # log prior (Optuna 5.0) and its gradient in the raw parameters
-        prior = -(0.1 / rho + 0.1 * rho).sum() + (math.log(s) - s)
+        prior = -(0.1 / rho + 0.1 * rho).sum() + (theta[d] - s)  # log s = theta[d], exactly
         prior += 0.1 * math.log(noise) - 30.0 * noise
         grad[:d] += 0.1 / rho - 0.1 * rho
         grad[d] += 1.0 - s
@@ -293,9 +298,18 @@ class GaussianProcess(Surrogate):
             return -value, -grad
 
         best_theta, best_loss = None, math.inf
+        # Bounded: unbounded line searches drove log s to -800 (s underflows to 0; Ackley-5D,
+        # deterministic_objective, seed 4) and the fit crashed.
+        bounds = [_LOG_RHO_BOUNDS] * d + [_LOG_S_BOUNDS, _RAW_NOISE_BOUNDS]
         for theta0 in starts:
+            theta0 = np.clip(theta0, [b[0] for b in bounds], [b[1] for b in bounds])
             res = minimize(
-                loss_and_grad, theta0, jac=True, method="L-BFGS-B", options={"gtol": self.gtol}
+                loss_and_grad,
+                theta0,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
+                options={"gtol": self.gtol},
             )
             if np.isfinite(res.fun) and res.fun < best_loss:
                 best_theta, best_loss = res.x, float(res.fun)

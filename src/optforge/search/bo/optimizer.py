@@ -43,6 +43,7 @@ from optforge.search.base import (
     SearchAlgorithm,
     check_finite_number,
     check_ids,
+    check_state_kind,
     rng_from_state,
     rng_to_state,
 )
@@ -272,6 +273,7 @@ class BayesianOptimization(SearchAlgorithm):
     def state_dict(self) -> dict:
         ids = self.pending
         return {
+            "saved_by": type(self).__name__,
             "version": _STATE_VERSION,
             "config": self._config(),
             "next_id": self._next_id,
@@ -289,12 +291,8 @@ class BayesianOptimization(SearchAlgorithm):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
-            got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(
-                f"state must be a BayesianOptimization state of version "
-                f"{_STATE_VERSION} (got {got})"
-            )
+        keys = ("config", "observed_X", "observed_y", "pending_ids", "surrogate")
+        check_state_kind(state, type(self).__name__, _STATE_VERSION, keys)
         mine, theirs = self._config(), state["config"]
         diff = [k for k in mine if mine[k] != theirs.get(k)]
         if diff:

@@ -8,7 +8,7 @@ Notation (shapes): ``n`` solutions in a batch, ``d = solution_dim``, ``m = measu
 ``C = cells``. Storage is dense: ``solutions (C, d)``, ``objectives (C,)``, ``measures (C, m)``,
 ``thresholds (C,)``, ``occupied (C,)``.
 
-Insertion rule (``learning_rate = 1``, plain MAP-Elites): a candidate enters its cell when its
+Insertion rule (``threshold_min = -inf``, plain MAP-Elites): a candidate enters its cell when its
 objective is *strictly* greater than the cell's current elite (any objective enters an empty cell
 when ``threshold_min = -inf``). :meth:`ArchiveBase.add` inserts a batch in one vectorized pass and
 gives exactly the archive *and the statuses* that inserting the rows one by one, in order, gives:
@@ -16,14 +16,16 @@ two candidates of one batch that hit the same empty cell are ``NEW`` then ``IMPR
 (if the second is better) or ``NOT_ADDED``. pyribs 0.12 compares every row with the cell's state at
 the start of the batch instead, so both would be ``NEW`` there; the final archive is the same.
 
-Soft archives (CMA-MAE, Fontaine & Nikolaidis 2023, arXiv 2205.10752): with
-``learning_rate = alpha < 1`` a candidate enters when its objective exceeds the cell *threshold*
-``t``, and a cell that accepts ``k`` objectives with sum ``S`` in one batch moves to
-``t' = (1 - alpha)^k t + (S / k)(1 - (1 - alpha)^k)`` (pyribs' batch rule, compared against the
-thresholds at the start of the batch; it is not the same as k sequential inserts).
+Soft archives (CMA-MAE, Fontaine & Nikolaidis 2023, arXiv 2205.10752): with a finite
+``threshold_min`` (and any ``learning_rate = alpha``, 1 included, as in pyribs) a candidate
+enters when its objective exceeds the cell *threshold* ``t``, and a cell that accepts ``k``
+objectives with sum ``S`` in one batch moves to ``t' = (1 - alpha)^k t + (S / k)(1 - (1 -
+alpha)^k)`` (pyribs' batch rule, compared against the thresholds at the start of the batch; it
+is not the same as k sequential inserts).
 
 Statistics follow pyribs: ``qd_score = sum over elites of (objective - qd_score_offset)``,
-``norm_qd_score = qd_score / cells``, ``coverage = num_elites / cells`` (a fraction, not percent).
+``norm_qd_score = qd_score / cells``, ``coverage = num_elites / cells`` (a fraction, not percent),
+``obj_max`` and :attr:`ArchiveBase.best_elite`: the best elite ever added.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 
 from optforge._validation import check_in_range, check_int
-from optforge.search.base import array_from_state, array_to_state
+from optforge.search.base import array_from_state, array_to_state, check_config
 
 __all__ = ["AddResult", "AddStatus", "ArchiveBase", "ArchiveStats"]
 
@@ -113,9 +115,17 @@ class ArchiveBase(ABC):
         solution_dim: length ``d`` of a solution vector (>= 1).
         cells: number of cells ``C`` (>= 1).
         measure_dim: length ``m`` of a measure vector (>= 1).
-        learning_rate: CMA-MAE's ``alpha`` in (0, 1]; 1 (default) is plain MAP-Elites.
+        learning_rate: CMA-MAE's ``alpha`` in (0, 1]; ``None`` (default) means 1, plain
+            MAP-Elites, and then ``threshold_min`` must stay ``-inf`` (pyribs' rule: a threshold
+            without a learning rate is a CMA-MAE setting used by mistake as a filter).
         threshold_min: initial threshold of an empty cell; ``-inf`` (default) lets any objective
-            into an empty cell. CMA-MAE uses a finite value (0 on the sphere benchmark).
+            into an empty cell and a cell's threshold is its elite's objective. A finite value
+            (CMA-MAE; 0 on the sphere benchmark) turns on pyribs' batch threshold update
+            ``t <- (1 - alpha)^k t + mean(accepted) (1 - (1 - alpha)^k)``, also at ``alpha = 1``
+            (where ``t`` becomes the mean of the batch's accepted objectives in the cell).
+
+    ``best_elite`` and ``stats.obj_max`` report the best elite ever added, as pyribs does: a soft
+    archive can replace its best elite by a worse one, and the best found stays reported.
         qd_score_offset: subtracted from each elite's objective in ``qd_score`` so the score
             counts only positive contributions (pyribs convention; 0 on the sphere benchmark,
             whose objectives lie in [0, 100]).
@@ -127,21 +137,27 @@ class ArchiveBase(ABC):
         solution_dim: int,
         cells: int,
         measure_dim: int,
-        learning_rate: float = 1.0,
+        learning_rate: float | None = None,
         threshold_min: float = -math.inf,
         qd_score_offset: float = 0.0,
     ) -> None:
         self.solution_dim = check_int("solution_dim", solution_dim, low=1)
         self.cells = check_int("cells", cells, low=1)
         self.measure_dim = check_int("measure_dim", measure_dim, low=1)
-        lr = check_in_range("learning_rate", learning_rate, 0.0, 1.0, high_inclusive=True)
-        if lr == 0.0:
-            raise ValueError(f"learning_rate must be in (0, 1] (got {learning_rate})")
-        self.learning_rate = lr
         if isinstance(threshold_min, bool) or not isinstance(threshold_min, (int, float)):
             raise TypeError(f"threshold_min must be a real number (got {threshold_min!r})")
         if math.isnan(threshold_min) or threshold_min == math.inf:
             raise ValueError(f"threshold_min must be finite or -inf (got {threshold_min})")
+        if learning_rate is None and threshold_min != -math.inf:
+            raise ValueError(
+                f"threshold_min={threshold_min} was set without a learning_rate: threshold_min "
+                "is CMA-MAE's, not a filter on objectives; pass learning_rate too (pyribs' rule)"
+            )
+        lr = 1.0 if learning_rate is None else learning_rate
+        lr = check_in_range("learning_rate", lr, 0.0, 1.0, high_inclusive=True)
+        if lr == 0.0:
+            raise ValueError(f"learning_rate must be in (0, 1] (got {learning_rate})")
+        self.learning_rate = lr
         if lr < 1.0 and threshold_min == -math.inf:
             raise ValueError(
                 f"threshold_min must be finite when learning_rate < 1 (got learning_rate={lr}, "
@@ -177,6 +193,7 @@ class ArchiveBase(ABC):
         self._measures = np.zeros((self.cells, self.measure_dim))
         self._thresholds = np.full(self.cells, self.threshold_min)
         self._occupied = np.zeros(self.cells, dtype=bool)
+        self._best: dict[str, Any] | None = None  # the best elite ever added (pyribs' rule)
 
     @property
     def empty(self) -> bool:
@@ -212,9 +229,21 @@ class ArchiveBase(ABC):
         if n == 0:
             empty = np.zeros(0)
             return AddResult(np.zeros(0, np.int8), empty, idx, np.zeros(0, np.int8), empty)
-        if self.learning_rate == 1.0:
+        if self.threshold_min == -math.inf:
             return self._add_sequential(sol, obj, meas, idx)
         return self._add_soft(sol, obj, meas, idx)
+
+    def _track_best(self, cells: np.ndarray, src: np.ndarray, sol, obj, meas) -> None:
+        # pyribs: the best of the batch's inserted elites (lowest cell on ties) replaces the
+        # best ever added if strictly better.
+        k = int(np.argmax(obj[src]))
+        if self._best is None or obj[src[k]] > self._best["objective"]:
+            self._best = {
+                "index": int(cells[k]),
+                "solution": sol[src[k]].copy(),
+                "objective": float(obj[src[k]]),
+                "measures": meas[src[k]].copy(),
+            }
 
     def _add_sequential(
         self, sol: np.ndarray, obj: np.ndarray, meas: np.ndarray, idx: np.ndarray
@@ -266,6 +295,7 @@ class ArchiveBase(ABC):
             self._measures[cells] = meas[src]
             self._thresholds[cells] = obj[src]
             self._occupied[cells] = True
+            self._track_best(cells, src, sol, obj, meas)
 
         out_status = np.empty(n, dtype=np.int8)
         out_value = np.empty(n)
@@ -307,6 +337,7 @@ class ArchiveBase(ABC):
             self._measures[cells] = meas[src]
             self._thresholds[cells] = decay * t_old + (s / k) * (1.0 - decay)
             self._occupied[cells] = True
+            self._track_best(cells, src, sol, obj, meas)
         # Soft archives compare every row with the starting thresholds already.
         return AddResult(status, value, idx, status, value)
 
@@ -365,30 +396,36 @@ class ArchiveBase(ABC):
             coverage=k / self.cells,
             qd_score=qd,
             norm_qd_score=qd / self.cells,
-            obj_max=float(obj.max()),
+            obj_max=self._best["objective"] if self._best is not None else float(obj.max()),
             obj_mean=float(obj.mean()),
         )
 
     @property
     def best_elite(self) -> dict[str, Any] | None:
-        """The elite with the highest objective (lowest cell on ties), or ``None``."""
-        occ = np.flatnonzero(self._occupied)
-        if occ.size == 0:
+        """The best elite ever added (``index``, ``solution``, ``objective``, ``measures``), or
+        ``None``; it may since have been replaced in a soft archive (pyribs' rule)."""
+        if self._best is None:
             return None
-        i = occ[np.argmax(self._objectives[occ])]
-        return {
-            "index": int(i),
-            "solution": self._solutions[i].copy(),
-            "objective": float(self._objectives[i]),
-            "measures": self._measures[i].copy(),
-        }
+        return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self._best.items()}
 
     # -- state --------------------------------------------------------------------------------
+
+    def config(self) -> dict:
+        """The settings a saved state must share with this archive (plain data)."""
+        return {
+            "kind": type(self).__name__,
+            "solution_dim": self.solution_dim,
+            "cells": self.cells,
+            "measure_dim": self.measure_dim,
+            "learning_rate": self.learning_rate,
+            "threshold_min": self.threshold_min,
+        }
 
     def state_dict(self) -> dict:
         """The elites (occupied cells only) as tensors, plus the cell thresholds."""
         occ = np.flatnonzero(self._occupied)
         return {
+            "config": self.config(),
             "cells": self.cells,
             "solution_dim": self.solution_dim,
             "measure_dim": self.measure_dim,
@@ -397,9 +434,19 @@ class ArchiveBase(ABC):
             "objective": array_to_state(self._objectives[occ]),
             "measures": array_to_state(self._measures[occ]),
             "thresholds": array_to_state(self._thresholds),
+            "best": None
+            if self._best is None
+            else {
+                "index": self._best["index"],
+                "objective": self._best["objective"],
+                "solution": array_to_state(self._best["solution"]),
+                "measures": array_to_state(self._best["measures"]),
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if "config" in state:  # states saved before configs were recorded lack it
+            check_config("archive", state["config"], self.config())
         for key in ("cells", "solution_dim", "measure_dim"):
             if state.get(key) != getattr(self, key):
                 raise ValueError(
@@ -416,3 +463,19 @@ class ArchiveBase(ABC):
         self._measures[occ] = array_from_state(state["measures"])
         self._thresholds[:] = array_from_state(state["thresholds"])
         self._occupied[occ] = True
+        best = state.get("best")
+        if best is not None:
+            self._best = {
+                "index": int(best["index"]),
+                "solution": array_from_state(best["solution"]),
+                "objective": float(best["objective"]),
+                "measures": array_from_state(best["measures"]),
+            }
+        elif occ.size and "best" not in state:  # saved before the best was recorded
+            i = occ[np.argmax(self._objectives[occ])]
+            self._best = {
+                "index": int(i),
+                "solution": self._solutions[i].copy(),
+                "objective": float(self._objectives[i]),
+                "measures": self._measures[i].copy(),
+            }

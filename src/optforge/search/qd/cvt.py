@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from optforge._validation import check_int, check_non_negative
 from optforge.search.base import array_from_state, array_to_state
@@ -48,6 +47,8 @@ def kmeans_centroids(
     centroids = points[rng.choice(len(points), size=k, replace=False)].copy()
     prev = math.inf
     for _ in range(max_iter):
+        from scipy.spatial import cKDTree  # lazily: a grid-archive user never imports scipy
+
         dist, assign = cKDTree(centroids).query(points)
         distortion = float(np.mean(dist**2))
         counts = np.bincount(assign, minlength=k)
@@ -120,6 +121,8 @@ class CVTArchive(ArchiveBase):
                 )
             _check_finite("centroids", c)
         self.centroids = c
+        from scipy.spatial import cKDTree  # lazily: a grid-archive user never imports scipy
+
         self._tree = cKDTree(c)
         super().__init__(solution_dim=solution_dim, cells=len(c), measure_dim=m, **kwargs)
 

@@ -121,6 +121,10 @@ class EmitterBase(ABC):
         """Candidates of this emitter that were discarded (never told)."""
         return None
 
+    def config(self) -> dict:
+        """The settings a saved state must share with this emitter (plain data)."""
+        return {"kind": type(self).__name__, "batch_size": self.batch_size}
+
     def state_dict(self) -> dict:
         return {}
 
@@ -154,6 +158,9 @@ class GaussianEmitter(EmitterBase):
     def __init__(self, archive: ArchiveBase, *, sigma: Any, **kwargs: Any) -> None:
         super().__init__(archive, **kwargs)
         self.sigma = _sigma("sigma", sigma, archive.solution_dim)
+
+    def config(self) -> dict:
+        return {**super().config(), "sigma": np.asarray(self.sigma).tolist()}
 
     def ask(self, n: int, rng: np.random.Generator) -> np.ndarray:
         start = self._start(n)
@@ -191,6 +198,10 @@ class IsoLineEmitter(EmitterBase):
         super().__init__(archive, **kwargs)
         self.iso_sigma = _sigma("iso_sigma", iso_sigma, archive.solution_dim)
         self.line_sigma = check_non_negative("line_sigma", line_sigma)
+
+    def config(self) -> dict:
+        iso = np.asarray(self.iso_sigma).tolist()
+        return {**super().config(), "iso_sigma": iso, "line_sigma": self.line_sigma}
 
     def ask(self, n: int, rng: np.random.Generator) -> np.ndarray:
         start = self._start(n)

@@ -329,6 +329,16 @@ class EvolutionStrategyEmitter(EmitterBase):
             self._restart_next = True  # the new mean is drawn at the next ask, from its rng
             self.restarts += 1
 
+    def config(self) -> dict:
+        return {
+            **super().config(),
+            "ranker": self.ranker,
+            "selection_rule": self.selection_rule,
+            "restart_rule": self.restart_rule,
+            "feedback": self.feedback,
+            "sigma0": self.es.sigma0,
+        }
+
     def state_dict(self) -> dict:
         buf = {k: array_to_state(np.concatenate(v)) if v else None for k, v in self._buf.items()}
         return {

@@ -97,6 +97,16 @@ class GridArchive(ArchiveBase):
         coords = self.grid_index_of(measures)
         return np.ravel_multi_index(tuple(coords.T), self.dims).astype(np.int64)
 
+    def config(self) -> dict:
+        config = super().config()
+        config.update(
+            dims=list(self.dims),
+            ranges=[
+                [lo, hi] for lo, hi in zip(self.lower_bounds.tolist(), self.upper_bounds.tolist())
+            ],
+        )
+        return config
+
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["dims"] = list(self.dims)

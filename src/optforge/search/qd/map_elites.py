@@ -20,8 +20,10 @@ from optforge.search.base import (
     SearchAlgorithm,
     array_from_state,
     array_to_state,
+    check_config,
     check_finite_number,
     check_ids,
+    check_state_kind,
     rng_from_state,
     rng_to_state,
 )
@@ -31,6 +33,11 @@ from optforge.search.qd.emitters import EmitterBase
 __all__ = ["MapElites"]
 
 _VERSION = 1
+
+
+# Objective types the fast path of tell() takes as they are; anything else (str, bool, tensors)
+# goes through check_finite_number one row at a time.
+_NUMBER_TYPES = {float, int, np.float64, np.float32, np.float16, np.int64, np.int32}
 
 
 class MapElites(SearchAlgorithm):
@@ -137,6 +144,16 @@ class MapElites(SearchAlgorithm):
 
     def ask(self, n: int | None = None) -> list[Candidate]:
         """Propose ``n`` candidates (default: :attr:`batch_size`)."""
+        ids, solutions = self.ask_arrays(n)
+        return list(map(Candidate, ids.tolist(), solutions))
+
+    def ask_arrays(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorized :meth:`ask`: candidate ids ``(k,)`` int64 and solutions ``(k, d)``.
+
+        The same proposals, ids and random stream as :meth:`ask`, without a :class:`Candidate`
+        per row; pair it with :meth:`tell_arrays` where evaluation is vectorized too (as pyribs'
+        ``Scheduler`` is).
+        """
         if n is None:
             counts = [e.batch_size for e in self.emitters]
         else:
@@ -165,10 +182,18 @@ class MapElites(SearchAlgorithm):
             rows = np.flatnonzero(owners == i)
             if rows.size:
                 e.asked(first + rows)
-        return list(map(Candidate, ids, solutions))
+        return np.arange(first, first + k, dtype=np.int64), solutions
 
     def _take(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Solutions and emitter indices of pending ids (no removal)."""
+        first = self._pending.get(ids[0]) if ids else None
+        if first is not None and ids[-1] - ids[0] == len(ids) - 1 and ids == sorted(ids):
+            # Consecutive ids starting in one batch lie in it (a batch is a range of ids): the
+            # common whole-batch tell is two slices, not a dictionary look-up per id.
+            batch = self._batches[first]
+            rows = slice(ids[0] - first, ids[-1] - first + 1)
+            if rows.stop <= len(batch[0]):
+                return batch[0][rows].copy(), batch[1][rows].copy()
         ids_arr = np.asarray(ids, dtype=np.int64)
         firsts = np.fromiter((self._pending[i] for i in ids), dtype=np.int64, count=len(ids))
         d = self.archive.solution_dim
@@ -181,6 +206,10 @@ class MapElites(SearchAlgorithm):
         return solutions, owner
 
     def _forget(self, ids: list[int]) -> None:
+        if len(ids) == len(self._pending):  # every pending id (ids are pending and distinct)
+            self._pending.clear()
+            self._batches.clear()
+            return
         for i in ids:
             first = self._pending.pop(i)
             batch = self._batches[first]
@@ -193,7 +222,12 @@ class MapElites(SearchAlgorithm):
         # Fast path: well-formed pairs of numbers convert in two numpy calls.
         try:
             pairs = [(f, b) for f, b in results]
-            objectives = np.array([f for f, _ in pairs], dtype=np.float64)
+            objs = [f for f, _ in pairs]
+            # numpy would convert "1.0" and True; the slow path rejects them as every tell() does.
+            # (One set of types, not an isinstance per row: this is the hot path of a tell.)
+            if not set(map(type, objs)) <= _NUMBER_TYPES:
+                raise TypeError
+            objectives = np.array(objs, dtype=np.float64)
             measures = np.array([b for _, b in pairs], dtype=np.float64)
         except (TypeError, ValueError, RuntimeError):
             objectives = measures = None
@@ -208,31 +242,32 @@ class MapElites(SearchAlgorithm):
         return self._parse_slowly(ids, results)
 
     def _parse_slowly(
-        self, ids: list[int], results: Sequence[Any]
+        self, ids: Sequence[int | str], results: Sequence[Any]
     ) -> tuple[np.ndarray, np.ndarray]:
-        # One result at a time, to name the offending id in the error.
+        # One result at a time, to name the offending id (or "the result") in the error.
         m = self.archive.measure_dim
         objectives = np.empty(len(ids))
         measures = np.empty((len(ids), m))
         for row, (cid, r) in enumerate(zip(ids, results)):
+            cid = f"id {cid}" if isinstance(cid, int) else cid
             if (
                 isinstance(r, (str, bytes, dict))
                 or not isinstance(r, (Sequence, np.ndarray))
                 or len(r) != 2
             ):
                 raise ValueError(
-                    f"result for id {cid} must be a pair (objective, measures) (got {r!r})"
+                    f"result for {cid} must be a pair (objective, measures) (got {r!r})"
                 )
-            objectives[row] = check_finite_number(f"objective of id {cid}", r[0])
+            objectives[row] = check_finite_number(f"objective of {cid}", r[0])
             b = r[1].detach().cpu().numpy() if isinstance(r[1], torch.Tensor) else r[1]
             b = np.asarray(b, dtype=np.float64)
             if b.shape != (m,):
                 raise ValueError(
-                    f"measures of id {cid} must have shape ({m},) (m = archive.measure_dim) "
+                    f"measures of {cid} must have shape ({m},) (m = archive.measure_dim) "
                     f"(got shape {b.shape})"
                 )
             if not np.all(np.isfinite(b)):
-                raise ValueError(f"measures of id {cid} must be finite (got {b})")
+                raise ValueError(f"measures of {cid} must be finite (got {b})")
             measures[row] = b
         return objectives, measures
 
@@ -240,7 +275,7 @@ class MapElites(SearchAlgorithm):
         """Raise ``ValueError``/``TypeError`` if ``result`` is not a valid ``(objective,
         measures)`` pair; used by :func:`optforge.search.run` to route bad results to its
         failure policy."""
-        self._parse([-1], [result])
+        self._parse_slowly(["the result"], [result])
 
     def tell(self, ids: Sequence[int], results: Sequence[Any]) -> None:
         """Report ``(objective, measures)`` for pending ``ids`` (any order, any subset).
@@ -316,7 +351,9 @@ class MapElites(SearchAlgorithm):
         ids = self.pending
         sols, owner = self._take(ids)
         state = {
+            "saved_by": type(self).__name__,
             "version": _VERSION,
+            "emitter_configs": [e.config() for e in self.emitters],
             "seed": self.seed,
             "next_id": self._next_id,
             "num_told": self.num_told,
@@ -332,8 +369,8 @@ class MapElites(SearchAlgorithm):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != _VERSION:
-            raise ValueError(f"state version must be {_VERSION} (got {state.get('version')})")
+        keys = ("archive", "emitters", "seed", "next_id", "num_told", "rng", "pending_ids")
+        check_state_kind(state, type(self).__name__, _VERSION, keys)
         if len(state["emitters"]) != len(self.emitters):
             raise ValueError(
                 f"state has {len(state['emitters'])} emitters but this search has "
@@ -341,6 +378,8 @@ class MapElites(SearchAlgorithm):
             )
         if ("result_archive" in state) != (self.result_archive is not None):
             raise ValueError("state and this search disagree on having a result_archive")
+        for k, (e, saved) in enumerate(zip(self.emitters, state.get("emitter_configs", []))):
+            check_config(f"emitter (emitters[{k}])", saved, e.config())
         self.archive.load_state_dict(state["archive"])
         if self.result_archive is not None:
             self.result_archive.load_state_dict(state["result_archive"])
