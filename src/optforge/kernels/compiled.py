@@ -155,7 +155,10 @@ def run_compiled(rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[s
         flat = flat_view(tensors)
         if flat is None:  # strided views: rare
             eager.append(tensors)
-        elif rule.elementwise and flat[0].numel() <= SMALL:
+            continue
+        if flat[0].requires_grad:  # parameters: requires_grad is guarded, keep one graph
+            flat = [t.detach() for t in flat]
+        if rule.elementwise and flat[0].numel() <= SMALL:
             small.append(flat)
         elif flat[0].numel() >= 2:  # sizes 0 and 1 would be specialized by the compiler
             entries.append(flat)

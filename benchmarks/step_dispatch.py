@@ -1,0 +1,254 @@
+"""Lion's default construction against torch AdamW(fused=True) and lion-pytorch, per byte.
+
+Two parameter lists: (a) 31.0M fp32 parameters in 53 tensors (test_optim_step.py's shapes) and
+(b) a transformer-shaped list, 9.3M parameters in 308 tensors (d=192, 19 layers, separate
+q/k/v/o projections: 194 of the tensors are biases and norms of 192-768 elements). Every case
+steps the same tensors once per round, round-robin, so background load lands on all alike.
+
+``optforge Lion, default`` is ``Lion(params)`` with no flags. Its ``auto`` backend runs in two
+tiers on CPU: the eager tiled ``foreach`` path until the list has spent
+``AUTO_COMPILE_AFTER_S`` seconds there, then compiled graphs. Both tiers are timed (the tier is
+forced per case by setting that threshold around each step); ``--first-step`` also measures
+each path's first step in fresh processes with an empty, then a warm, inductor cache.
+Progress goes to stderr.
+
+Bytes per parameter and step: Lion 20 (reads p, m, g; writes p, m), AdamW 28 (p, m, v, g; p, m,
+v). ``x fused AdamW B/s`` = (20 / t_case) / (28 / t_fused_adamw), the issue's measure.
+
+    nice -n 5 python benchmarks/step_dispatch.py --rounds 30 --first-step ab
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+SHAPES_A = [(1024, 1024)] * 24 + [(1024,)] * 24 + [(4096, 1024)] + [(512, 768)] * 4
+
+
+def transformer_shapes(d: int = 192, layers: int = 19, vocab: int = 4096, ctx: int = 512):
+    shapes = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,)]  # attention norm
+        shapes += [(d, d), (d,)] * 4  # q, k, v, o and their biases
+        shapes += [(d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]  # MLP norm, MLP
+    return shapes + [(d,), (d,)]  # final norm
+
+
+SHAPES_B = transformer_shapes()
+LISTS = {
+    "a": ("(a) 31.0M params, 53 tensors", SHAPES_A),
+    "b": ("(b) transformer, 9.3M params, 308 tensors", SHAPES_B),
+}
+BYTES = {"lion": 20, "adamw": 28}
+
+
+def make_params(shapes) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+    return params
+
+
+@contextlib.contextmanager
+def auto_tier(threshold: float) -> Iterator[None]:
+    from optforge.kernels import dispatch
+
+    saved = dispatch.AUTO_COMPILE_AFTER_S
+    dispatch.AUTO_COMPILE_AFTER_S = threshold
+    try:
+        yield
+    finally:
+        dispatch.AUTO_COMPILE_AFTER_S = saved
+
+
+class Tiered:
+    """An optimizer whose steps run with ``auto``'s switch threshold set to ``threshold``."""
+
+    def __init__(self, opt: torch.optim.Optimizer, threshold: float) -> None:
+        self.opt, self.threshold = opt, threshold
+
+    def step(self) -> None:
+        with auto_tier(self.threshold):
+            self.opt.step()
+
+
+def cases() -> dict[str, tuple[str, Callable[[list], object]]]:
+    from optforge.optim import Lion
+
+    out: dict[str, tuple[str, Callable[[list], object]]] = {
+        "torch AdamW fused": ("adamw", lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True)),
+    }
+    try:
+        import lion_pytorch
+
+        out["lion-pytorch Lion"] = (
+            "lion",
+            lambda p: lion_pytorch.Lion(p, lr=1e-4, weight_decay=0.1),
+        )
+    except ImportError:
+        print("lion-pytorch is not installed: skipped")
+    inf = float("inf")
+    out.update(
+        {
+            "optforge Lion, default: eager tier": (
+                "lion",
+                lambda p: Tiered(Lion(p, weight_decay=0.1), inf),
+            ),
+            "optforge Lion, default: compiled tier": (
+                "lion",
+                lambda p: Tiered(Lion(p, weight_decay=0.1), 0.0),
+            ),
+            "optforge Lion, default compiled tier, check_finite=False": (
+                "lion",
+                lambda p: Tiered(Lion(p, weight_decay=0.1, check_finite=False), 0.0),
+            ),
+            "optforge Lion, fused=True": ("lion", lambda p: Lion(p, weight_decay=0.1, fused=True)),
+            "optforge Lion, foreach=True": (
+                "lion",
+                lambda p: Lion(p, weight_decay=0.1, foreach=True),
+            ),
+            "optforge Lion, backend='loop'": (
+                "lion",
+                lambda p: Lion(p, weight_decay=0.1, backend="loop"),
+            ),
+        }
+    )
+    return out
+
+
+def steady(which: str, rounds: int) -> None:
+    title, shapes = LISTS[which]
+    params = make_params(shapes)
+    numel = sum(p.numel() for p in params)
+    opts, kinds = {}, {}
+    for name, (kind, factory) in cases().items():
+        opts[name], kinds[name] = factory(params), kind
+        start = time.perf_counter()
+        opts[name].step()  # state allocation and compilation, untimed
+        print(f"  first step of {name}: {time.perf_counter() - start:.2f} s", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in opts}
+    for r in range(rounds):
+        print(f"  round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+        for name, opt in opts.items():
+            start = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+    ref = "torch AdamW fused"
+    ref_min, ref_med = min(times[ref]), statistics.median(times[ref])
+    lp = "lion-pytorch Lion"
+    print(
+        f"\n{title}, torch threads {torch.get_num_threads()}, {rounds} interleaved rounds, "
+        f"load average {os.getloadavg()[0]:.1f}\n"
+    )
+    print(
+        "| step | min ms | median ms | x fused AdamW B/s (min / median) "
+        "| x lion-pytorch speed (min / median) |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for name, ts in times.items():
+        t_min, t_med = min(ts), statistics.median(ts)
+        b = BYTES[kinds[name]] / BYTES["adamw"]
+        vs_adamw = f"{b * ref_min / t_min:.2f} / {b * ref_med / t_med:.2f}"
+        vs_lp = (
+            f"{min(times[lp]) / t_min:.2f} / {statistics.median(times[lp]) / t_med:.2f}"
+            if lp in times
+            else "-"
+        )
+        print(f"| {name} | {t_min * 1e3:.1f} | {t_med * 1e3:.1f} | {vs_adamw} | {vs_lp} |")
+    print(
+        f"\n{numel / 1e6:.1f}M parameters; Lion {BYTES['lion']} B/param, AdamW "
+        f"{BYTES['adamw']} B/param",
+        flush=True,
+    )
+
+
+FIRST_STEP = {
+    "torch AdamW fused": "torch.optim.AdamW(p, lr=1e-3, fused=True)",
+    "lion-pytorch Lion": "__import__('lion_pytorch').Lion(p, lr=1e-4, weight_decay=0.1)",
+    "optforge Lion, default (eager tier)": "Lion(p, weight_decay=0.1)",
+    "optforge Lion, default, step that switches": "SWITCH",
+    "optforge Lion, fused=True": "Lion(p, weight_decay=0.1, fused=True)",
+    "optforge Lion, foreach=True": "Lion(p, weight_decay=0.1, foreach=True)",
+}
+
+
+def first_step_child(which: str, name: str) -> None:
+    from optforge.optim import Lion  # noqa: F401 - used by the eval'd expressions
+
+    torch.set_num_threads(2)
+    params = make_params(LISTS[which][1])
+    expr = FIRST_STEP[name]
+    if expr == "SWITCH":  # auto's switch step: the first step after the threshold is reached
+        opt = Tiered(Lion(params, weight_decay=0.1), 0.0)
+    else:
+        opt = eval(expr, {"torch": torch, "Lion": Lion, "p": params})
+    start = time.perf_counter()
+    opt.step()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    opt.step()
+    print(json.dumps({"first": first, "second": time.perf_counter() - start}))
+
+
+def first_step(which: str) -> None:
+    print(
+        f"\nFirst step, {LISTS[which][0]} (fresh process each; cold = empty "
+        "TORCHINDUCTOR_CACHE_DIR, warm = the cache a cold run left)\n"
+    )
+    print("| path | first step, cold cache s | first step, warm cache s | second step ms |")
+    print("|---|---:|---:|---:|")
+    for name in FIRST_STEP:
+        with tempfile.TemporaryDirectory() as cache:
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+            runs = []
+            for _ in ("cold", "warm"):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", which, name],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if out.returncode:
+                    print(out.stderr[-2000:])
+                    raise SystemExit(f"{name} failed")
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(
+            f"| {name} | {runs[0]['first']:.2f} | {runs[1]['first']:.2f} | "
+            f"{runs[1]['second'] * 1e3:.1f} |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--lists", default="ab", help="which lists: a, b or ab")
+    parser.add_argument("--first-step", default="", help="lists whose first steps to time")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        first_step_child(*args.child)
+        return
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
+    for which in args.lists:
+        steady(which, args.rounds)
+    for which in args.first_step:
+        first_step(which)
+
+
+if __name__ == "__main__":
+    main()
