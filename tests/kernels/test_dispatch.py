@@ -32,7 +32,7 @@ BF16_TOL = {"rtol": 2**-6, "atol": 1e-5}  # a bf16 ulp is 2**-7 relative: a few 
 
 
 def _tensors(dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
-    """0-d, sizes 1, 7, 4231, a 64x300 matrix, a tensor above the eager tile, a transposed view
+    """0-d, sizes 1, 7, 4231, a 64x300 matrix, a tensor above the eager tile size, a transposed view
     and a channels_last tensor."""
     gen = torch.Generator().manual_seed(seed)
 
@@ -45,7 +45,7 @@ def _tensors(dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
         r(7),
         r(4231),
         r(64, 300),
-        r(300_001),
+        r(1_100_001),
         r(40, 30).t(),
         r(2, 3, 4, 5).to(memory_format=torch.channels_last),
         r(0),
