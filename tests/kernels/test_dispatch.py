@@ -246,6 +246,11 @@ def test_auto_stays_eager_until_the_compile_is_paid_for(eager_compiler, monkeypa
 
 
 def test_auto_picks_the_eager_tier_on_cpu() -> None:
+    import math
+    import os
+
+    if "OPTFORGE_AUTO_COMPILE_AFTER_S" not in os.environ:  # no time-based switch by default:
+        assert math.isinf(dispatch.AUTO_COMPILE_AFTER_S)  # a resumed run must repeat bitwise
     cpu = torch.device("cpu")
     assert dispatch.resolve_backend("auto", lion_rule, cpu, torch.float32) == "foreach"
     assert dispatch.resolve_backend("auto", lars_rule, cpu, torch.float32) == "loop"

@@ -12,8 +12,9 @@ the tensors by device and dtypes and runs each group on a backend:
   so a changing lr neither recompiles nor copies (``kernels.compiled``). A compilation that
   fails warns once and falls back to the loop: training never dies of a compiler.
 * ``"auto"``: a registered kernel if one serves the device and dtype; else ``compiled`` on CUDA;
-  on CPU the eager ``foreach`` (elementwise rules) or ``loop``, until the list has spent
-  ``AUTO_COMPILE_AFTER_S`` seconds in it, then ``compiled`` (see ``resolve_backend``).
+  on CPU the eager ``foreach`` (elementwise rules) or ``loop``, bit-equal to the reference. With
+  ``OPTFORGE_AUTO_COMPILE_AFTER_S`` set, a CPU list moves to ``compiled`` once it has spent that
+  many seconds eagerly (see ``resolve_backend``).
 
 Backends registered with ``register_kernel`` (e.g. hand-written Triton kernels) take precedence
 for the rule, devices and dtypes they declare. Kernels know nothing of optimizer classes.
@@ -46,12 +47,15 @@ __all__ = [
 
 BACKENDS = ("auto", "loop", "foreach", "compiled")
 
-#: ``auto`` on CPU compiles a list's rule once the eager path has spent this long on it: the
+#: ``auto`` on CPU can compile a list's rule once the eager path has spent this long on it: the
 #: ski-rental rule (rent until the rent paid equals the price), whose total time is at most
 #: twice that of the better choice made knowing the run's length in advance. The price is a
 #: first compilation, ~20-60 s with an empty inductor cache on 2 cores (docs/benchmarks.md).
-#: ``OPTFORGE_AUTO_COMPILE_AFTER_S=0`` compiles at once, ``inf`` never.
-AUTO_COMPILE_AFTER_S = float(os.environ.get("OPTFORGE_AUTO_COMPILE_AFTER_S", "30"))
+#: Off by default (``inf``): the switch happens at a step that depends on the machine's speed,
+#: and compiled rounding differs from eager in the last bits, so a resumed run would not repeat
+#: an uninterrupted one bit for bit. ``OPTFORGE_AUTO_COMPILE_AFTER_S=30`` turns it on; ``0``
+#: compiles at once.
+AUTO_COMPILE_AFTER_S = float(os.environ.get("OPTFORGE_AUTO_COMPILE_AFTER_S", "inf"))
 
 
 Kernel = Callable[[Rule, Sequence[Sequence[Tensor]], Mapping[str, Any]], None]
@@ -108,10 +112,10 @@ def resolve_backend(backend: str, rule: Rule, device: torch.device, dtype: torch
 
     An explicit backend that cannot run raises. ``auto`` picks a registered kernel when one
     serves the device and dtype, else ``compiled`` on CUDA, else (CPU) the eager ``foreach``
-    for elementwise rules and ``loop`` for the others. ``apply_rule_`` then moves a CPU list
-    from that eager path to ``compiled`` once it has spent ``AUTO_COMPILE_AFTER_S`` seconds
-    there: a first compilation costs tens of seconds, which a short run never earns back, and
-    a long run earns back many times.
+    for elementwise rules and ``loop`` for the others. With ``AUTO_COMPILE_AFTER_S`` finite
+    (opt-in), ``apply_rule_`` moves a CPU list from that eager path to ``compiled`` once it has
+    spent that many seconds there: a first compilation costs tens of seconds, which a short run
+    never earns back, and a long run earns back many times.
     """
     if backend == "auto":
         for (rid, name), _ in _KERNELS.items():

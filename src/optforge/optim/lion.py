@@ -43,8 +43,8 @@ class Lion(FirstOrderOptimizer):
         weight_decay: decoupled decay λ; the parameter shrinks by η·λ per step (default 0).
         maximize: ascend the objective instead of descending.
         foreach: run the rule once over all same-device, same-dtype tensors (flat buffers).
-        fused: one compiled kernel per tensor (``torch.compile``); the fastest path on CPU and
-            GPU, compiled on first use.
+        fused: the rule compiled with ``torch.compile`` (one graph per 16 tensors); the fastest
+            path on CPU and GPU, compiled on first use.
         backend: ``"auto"`` (default), ``"loop"``, ``"foreach"`` or ``"compiled"`` (see
             ``optforge.kernels``); an alternative to the two flags above.
         stochastic_rounding: for bf16 parameters, compute the new value in fp32 and round it
