@@ -43,14 +43,14 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-def _positive_int(name: str):
+def _positive_int(name: str, low: int = 1):
     def parse(s: str) -> int:
         try:
             v = int(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer (got {s!r})") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1 (got {v})")
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {low} (got {v})")
         return v
 
     return parse
@@ -64,8 +64,9 @@ def _add_common(p: argparse.ArgumentParser, default_out: str | None) -> None:
     p.add_argument("--out", default=default_out, required=default_out is None,
                    help=f"output folder (default: {default_out})" if default_out
                    else "output folder (trial records, report)")
-    p.add_argument("--jobs", type=_positive_int("--jobs"), default=None,
-                   help="concurrent trials (default and cap: cores // threads)")
+    p.add_argument("--jobs", type=_positive_int("--jobs", 0), default=None,
+                   help="concurrent trials (default and cap: cores // threads; 0: one at a "
+                   "time in this process)")
     p.add_argument("--threads", type=_positive_int("--threads"), default=1,
                    help="torch threads per trial (default 1)")
     p.add_argument("--seed", type=int, default=0, help="master seed (default 0)")

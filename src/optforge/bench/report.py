@@ -25,9 +25,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from optforge.bench.records import scan_records
 from optforge.bench.rulesets import aggregate, study_bests
 from optforge.bench.scoring import R_MAX, geometric_mean_speedup, performance_profile
-from optforge.bench.study import BenchError, load_records
+from optforge.bench.study import BenchError
 
 __all__ = ["format_table", "held_out_rule", "summarize", "write_report"]
 
@@ -89,7 +90,7 @@ def summarize(out_dir: str | Path, *, baseline: str | None = None) -> dict[str, 
     out = Path(out_dir)
     info = _read_run(out)
     cfg = info.get("config", {})
-    records_by_id = load_records(out)
+    records_by_id, damaged = scan_records(out)
     planned = info.get("trial_ids") or list(records_by_id)
     records = [records_by_id[i] for i in planned if i in records_by_id]
     workloads: dict[str, dict[str, Any]] = info.get("workloads") or {
@@ -111,6 +112,7 @@ def summarize(out_dir: str | Path, *, baseline: str | None = None) -> dict[str, 
         "trials": {"planned": len(planned), "recorded": len(records)},
         "status": {},
         "errors": [],
+        "damaged": [f"{p.relative_to(out)}: {why}" for p, why in damaged],
     }
     for r in records:
         result["status"][r.get("status", "?")] = result["status"].get(r.get("status", "?"), 0) + 1
@@ -245,9 +247,10 @@ def _how_it_ran(summary: Mapping[str, Any]) -> list[str]:
     lines = []
     for k, s in enumerate(summary["sessions"], 1):
         m = s.get("machine", {})
+        outcome = "" if s.get("outcome", "finished") == "finished" else f", {s['outcome']}"
         lines.append(
             f"- Session {k} ({s.get('started', '?')}, {_fmt(s.get('wall_s'))} s wall, "
-            f"{s.get('trials_run', '?')} trials run): {s.get('executor')}, "
+            f"{s.get('trials_run', '?')} trials run{outcome}): {s.get('executor')}, "
             f"**{s.get('concurrent_trials', '?')} concurrent trial(s)**, "
             f"**{s.get('torch_threads_per_trial', '?')} torch thread(s) per trial**; "
             f"machine: {m.get('cpu', '?')}, {m.get('available_cores', '?')} cores available "
@@ -330,6 +333,10 @@ def _markdown(summary: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
             parts += [f"### {w}", "", f"![{w}]({f})", ""]
     if summary["errors"]:
         parts += ["## Errors", "", *(f"- {e}" for e in summary["errors"]), ""]
+    if summary["damaged"]:
+        parts += ["## Damaged records", "",
+                  "Not counted; the next run sets them aside in `trials/damaged/` and reruns "
+                  "their trials.", "", *(f"- {d}" for d in summary["damaged"]), ""]
     if summary.get("trial_rows"):
         parts += ["## All trials", "",
                   _md_table(["trial", "status", "stopped by", "steps", "train s", "eval s",

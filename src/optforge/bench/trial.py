@@ -57,6 +57,8 @@ class TrialSpec:
         torch_threads: ``torch.set_num_threads`` for the trial (recorded with the result).
         budget_scale: multiplies the step and time budgets (1.5 in the self-tuning ruleset).
         max_steps: an extra cap on steps (quick runs, tests); None: the step budget only.
+        time_budget: False turns the time budget off, so that a trial stops at its target or
+            step budget only and its steps to target do not depend on the machine's speed.
     """
 
     workload: str
@@ -66,6 +68,7 @@ class TrialSpec:
     torch_threads: int = 1
     budget_scale: float = 1.0
     max_steps: int | None = None
+    time_budget: bool = True
 
 
 def _jsonable(value: Any) -> Any:
@@ -116,7 +119,8 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
         "train_loss"}`` per evaluation), ``steps``, ``stop_reason`` (``"target"``,
         ``"step_budget"``, ``"time_budget"``, ``"max_steps"``, ``"diverged"`` or ``"error"``),
         ``stop_detail`` (what diverged, else None), the workload's
-        ``metric_name``, ``higher_is_better``, ``target`` and budgets, ``batch_size`` and the
+        ``metric_name``, ``higher_is_better``, ``target`` and budgets (``time_budget_s`` None when
+        the time budget is off), ``batch_size`` and the
         environment (``torch_threads``, ``torch_version``, ``python``, ``platform``).
         Non-finite numbers are written as None so the record is strict JSON.
     """
@@ -160,11 +164,11 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
     record["hparams_used"] = _jsonable(hparams)
     budget_steps = math.ceil(workload.step_budget * spec.budget_scale)
     step_limit = budget_steps if spec.max_steps is None else min(budget_steps, spec.max_steps)
-    time_budget = workload.time_budget_s * spec.budget_scale
+    time_budget = workload.time_budget_s * spec.budget_scale if spec.time_budget else math.inf
     record.update({
         "data_hash": workload.data_hash(), "metric_name": workload.metric_name,
         "higher_is_better": workload.higher_is_better, "target": workload.target,
-        "step_limit": step_limit, "time_budget_s": time_budget,
+        "step_limit": step_limit, "time_budget_s": _finite(time_budget),
         "batch_size": submission.get_batch_size(workload.name),
     })
 
