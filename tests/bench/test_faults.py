@@ -188,7 +188,10 @@ def test_pool_workers_die_with_their_parent_after_kill_9(tmp_path):
     deadline = time.monotonic() + 10
     while any(map(_alive, kids)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(map(_alive, kids)), [k for k in kids if _alive(k)]
+    left = [k for k in kids if _alive(k)]
+    for k in left:  # never leave them behind, even when the test fails
+        os.kill(k, signal.SIGKILL)
+    assert not left
 
 
 def test_ctrl_c_exits_at_once_and_marks_the_session_interrupted(tmp_path):

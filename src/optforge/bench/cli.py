@@ -73,6 +73,9 @@ def _add_common(p: argparse.ArgumentParser, default_out: str | None) -> None:
     p.add_argument("--max-steps", type=_positive_int("--max-steps"), default=None,
                    help="cap on steps per trial, for smoke tests (a capped trial may miss its "
                    "target)")
+    p.add_argument("--no-time-budget", dest="time_budgets", action="store_false",
+                   help="step-only budgets: trials stop at the target or the step budget, never "
+                   "on time, so steps to target do not depend on the machine (CI, papers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -169,6 +172,7 @@ def _cmd_quick(args: argparse.Namespace) -> int:
         torch_threads=args.threads,
         max_steps=args.max_steps,
         label="quick",
+        time_budgets=args.time_budgets,
     )
     return _run(args, cfg)
 
@@ -195,6 +199,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         search_space=space,
         torch_threads=args.threads,
         max_steps=args.max_steps,
+        time_budgets=args.time_budgets,
         # BO's rounds hold --jobs trials per study: part of the configuration, since it
         # changes which trials are proposed.
         **({"tuner": "bo", "tuner_batch": args.jobs or 1} if args.tuner == "bo" else {}),
