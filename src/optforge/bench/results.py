@@ -25,10 +25,28 @@ __all__ = ["COLUMNS", "load_results", "trial_rows", "write_csv"]
 
 #: Record fields copied into the table, in this order; ``hp.<name>`` columns follow.
 COLUMNS = (
-    "trial_id", "workload", "submission", "study", "trial", "seed", "status", "stop_reason",
-    "reached_target", "steps", "steps_to_target", "time_to_target_s", "train_time_s",
-    "eval_time_s", "best_metric", "final_metric", "metric_name", "target", "time_budget_s",
-    "step_limit", "torch_threads", "error",
+    "trial_id",
+    "workload",
+    "submission",
+    "study",
+    "trial",
+    "seed",
+    "status",
+    "stop_reason",
+    "reached_target",
+    "steps",
+    "steps_to_target",
+    "time_to_target_s",
+    "train_time_s",
+    "eval_time_s",
+    "best_metric",
+    "final_metric",
+    "metric_name",
+    "target",
+    "time_budget_s",
+    "step_limit",
+    "torch_threads",
+    "error",
 )
 
 
@@ -77,7 +95,9 @@ def load_results(out_dir: str | Path):
     try:
         import pandas as pd
     except ImportError:
-        raise ImportError("load_results needs pandas (pip install pandas); "
-                          f"{Path(out_dir) / 'trials.csv'} holds the same table") from None
+        raise ImportError(
+            "load_results needs pandas (pip install pandas); "
+            f"{Path(out_dir) / 'trials.csv'} holds the same table"
+        ) from None
     rows = trial_rows(out_dir)
     return pd.DataFrame(rows, columns=_header(rows))

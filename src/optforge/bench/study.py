@@ -35,8 +35,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from optforge.bench.executors import RayExecutor
 from optforge.bench.lock import FolderInUse, OutLock
+from optforge.bench.plugins import load_plugins
 from optforge.bench.preflight import check_configurations, probe_configs
+from optforge.bench.progress import PROGRESS_DIR, StepFile, read_fraction
 from optforge.bench.records import load_records, scan_records, set_aside_damaged
 from optforge.bench.rulesets import PlannedTrial, get_ruleset, plan_trials
 from optforge.bench.search_space import SearchSpace, parse_search_space
@@ -125,6 +128,8 @@ def _describe_executor(executor: Any) -> tuple[str, int | None]:
         return "inline (this process)", 1
     if isinstance(executor, cf.ProcessPoolExecutor):
         return "local process pool (spawn)", getattr(executor, "_max_workers", None)
+    if isinstance(executor, RayExecutor):
+        return "ray", executor.concurrency()
     client = getattr(executor, "_client", None)
     if client is not None:  # distributed.cfexecutor.ClientExecutor
         try:
@@ -153,12 +158,17 @@ def _error_record(spec_kwargs: Mapping[str, Any], error: BaseException) -> dict[
     }
 
 
-def _execute(trial_fn: TrialFn | None, spec_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Runs in the worker: build the TrialSpec, run it; a raised error becomes an error record
-    (a trial that fails the same way every time must not be rerun on resume)."""
+def _execute(trial_fn: TrialFn | None, spec_kwargs: dict[str, Any],
+             plugins: Sequence[str] = (), progress_file: str | None = None) -> dict[str, Any]:
+    """Runs in the worker: load the user's ``module:attr`` submissions and workloads, build the
+    TrialSpec, run it; a raised error becomes an error record (a trial that fails the same way
+    every time must not be rerun on resume)."""
     from optforge.bench.trial import TrialSpec, run_trial
 
+    load_plugins(plugins)  # a worker that cannot import them records nothing: rerun later
     try:
+        if trial_fn is None and progress_file is not None:
+            return dict(run_trial(TrialSpec(**spec_kwargs), progress=StepFile(progress_file)))
         return dict((trial_fn or run_trial)(TrialSpec(**spec_kwargs)))
     except Exception as e:  # noqa: BLE001 - recorded, the run goes on
         return _error_record(spec_kwargs, e)
@@ -193,6 +203,7 @@ def run_trials(
     trial_fn: TrialFn | None = None,
     progress: bool = False,
     priority: Callable[[PlannedTrial], float] | None = None,
+    plugins: Sequence[str] = (),
 ) -> tuple[list[dict[str, Any]], int]:
     """Run every planned trial whose record is missing; return ``(records in plan order,
     number of trials run now)``.
@@ -205,8 +216,10 @@ def run_trials(
         jobs: concurrent trials for the default executor (capped at the cores).
         trial_fn: ``TrialSpec -> record`` (default :func:`optforge.bench.trial.run_trial`);
             must be picklable for process executors.
-        progress: show a tqdm bar on stderr.
+        progress: show a tqdm bar on stderr, moved by the running trials' steps too
+            (:mod:`optforge.bench.progress`).
         priority: submission order key (lower first); records keep the plan order.
+        plugins: ``module:attr`` submissions and workloads each worker loads before its trial.
     """
     trials_dir = Path(out_dir) / "trials"
     trials_dir.mkdir(parents=True, exist_ok=True)
@@ -231,8 +244,22 @@ def run_trials(
                    dynamic_ncols=True)
     futures: dict[cf.Future, PlannedTrial] = {}
     broken: list[str] = []
+    steps_dir = Path(out_dir) / PROGRESS_DIR
+    if bar is not None:
+        steps_dir.mkdir(exist_ok=True)
+
+    def step_file(t: PlannedTrial) -> str | None:
+        return None if bar is None else str(steps_dir / t.trial_id)
+
+    n_finished = 0
+
+    def show_steps() -> None:
+        running = sum(read_fraction(step_file(t)) for t in futures.values())
+        bar.n = round(n_finished + running, 2)
+        bar.refresh()
 
     def collect(fut: cf.Future) -> None:
+        nonlocal n_finished
         t = futures.pop(fut)
         try:
             rec = fut.result()
@@ -244,19 +271,25 @@ def run_trials(
         _write_json(trials_dir / f"{t.trial_id}.json", rec)
         done[t.trial_id] = rec
         if bar is not None:
+            n_finished += 1
+            Path(step_file(t)).unlink(missing_ok=True)
             bar.set_postfix_str(f"{t.workload}/{t.submission} {rec.get('status')}",
                                 refresh=False)
-            bar.update(1)
+            show_steps()
 
     try:
         for t in todo:
-            futures[executor.submit(_execute, trial_fn, t.spec_kwargs())] = t
+            futures[executor.submit(_execute, trial_fn, t.spec_kwargs(), tuple(plugins),
+                                    step_file(t))] = t
             for fut in [f for f in futures if f.done()]:  # record as early as possible
                 collect(fut)
         while futures:
-            finished, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
+            finished, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED,
+                                  timeout=None if bar is None else 0.5)
             for fut in finished:
                 collect(fut)
+            if bar is not None and not finished:
+                show_steps()
     except BaseException:
         for fut in futures:
             fut.cancel()
@@ -460,6 +493,7 @@ def run_benchmark(
                          "in a script, call it under `if __name__ == \"__main__\":`")
     try:
         check_tuner(cfg.tuner, cfg.ruleset)
+        load_plugins(cfg.plugins)
     except ValueError as e:
         raise BenchError(str(e)) from None
     ruleset = get_ruleset(cfg.ruleset, num_trials=cfg.num_trials, num_studies=cfg.num_studies)
@@ -569,7 +603,7 @@ def _run_locked(cfg, out, plan, next_round, trial_ids, workloads, ruleset, tuner
     try:
         # Longest budgets first (LPT scheduling) so the long trials do not finish last alone.
         run_kwargs = dict(
-            executor=executor, trial_fn=trial_fn, progress=progress,
+            executor=executor, trial_fn=trial_fn, progress=progress, plugins=cfg.plugins,
             priority=lambda t: -float(workloads[t.workload].get("time_budget_s") or 0.0),
         )
         if next_round is None:

@@ -102,12 +102,14 @@ def _environment(threads: int) -> dict[str, Any]:
     }
 
 
-def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run one trial and return its JSON-able record (never raises for a failed trial).
 
     Args:
         spec: the trial.
         clock: seconds as a float; injectable so tests can drive time (``time.perf_counter``).
+        progress: called as ``progress(step, step_limit)`` after every step, off the clock.
 
     Returns:
         A dict with every ``TrialSpec`` field (as given), ``hparams_used`` (the submission's
@@ -139,7 +141,7 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
             raise ValueError(f"torch_threads must be an integer >= 1 (got {spec.torch_threads!r})")
         torch.set_num_threads(spec.torch_threads)
         record.update(_environment(torch.get_num_threads()))
-        _train(spec, clock, record)
+        _train(spec, clock, record, progress)
     except Exception as exc:  # a failed trial is a result, not a crash of the whole study
         record["status"], record["stop_reason"] = "error", "error"
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -149,7 +151,8 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
     return record
 
 
-def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) -> None:
+def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any],
+           progress: Callable[[int, int], None] | None = None) -> None:
     from optforge.bench.submission import get_submission
     from optforge.bench.workload import reached
     from optforge.bench.workloads import get_workload
@@ -198,6 +201,8 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
         step_end = clock()
         train_time += step_end - last_end
         step += 1
+        if progress is not None:
+            progress(step, step_limit)
 
         loss = opt_state.get("loss") if isinstance(opt_state, dict) else None
         if loss is not None and not math.isfinite(float(loss)):
