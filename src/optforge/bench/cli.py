@@ -145,8 +145,8 @@ def _cmd_list() -> int:
     from optforge.bench.submission import get_submission, list_submissions
     from optforge.bench.workloads import get_workload, list_workloads
 
-    print("workloads (target; step and time budgets, x1.5 under --ruleset self; evaluated "
-          "every):")
+    print("workloads: (target; step and time budgets, x1.5 under --ruleset self; evaluated "
+          "every)")
     for n in list_workloads(include_held_out=True):
         w = get_workload(n)
         direction = ">=" if w.higher_is_better else "<="
@@ -155,7 +155,7 @@ def _cmd_list() -> int:
               f"{w.time_budget_s:g} s; every {w.eval_every_steps} steps{tag}")
         if w.description:
             print(f"  {'':30s} {w.description}")
-    print("submissions (default hyperparameters; tuned under --ruleset external):")
+    print("submissions: (default hyperparameters; what --ruleset external tunes)")
     for n in list_submissions():
         s = get_submission(n)
         defaults = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
