@@ -244,7 +244,7 @@ def run_trials(
                    dynamic_ncols=True)
     futures: dict[cf.Future, PlannedTrial] = {}
     broken: list[str] = []
-    steps_dir = Path(out_dir) / PROGRESS_DIR
+    steps_dir = Path(out_dir).resolve() / PROGRESS_DIR  # absolute: workers run elsewhere
     if bar is not None:
         steps_dir.mkdir(exist_ok=True)
 
@@ -293,12 +293,14 @@ def run_trials(
     except BaseException:
         for fut in futures:
             fut.cancel()
+        if own:
+            _stop_workers(executor)
         raise
     finally:
         if bar is not None:
             bar.close()
         if own:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=not futures, cancel_futures=True)
     if broken:
         raise BenchError(
             f"{len(broken)} trial(s) did not finish, e.g. {broken[0]}; "
