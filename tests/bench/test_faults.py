@@ -203,7 +203,7 @@ def test_ctrl_c_exits_at_once_and_marks_the_session_interrupted(tmp_path):
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 10  # it waited for the running trials (60 s) before
     session = json.loads((tmp_path / "out" / "run.json").read_text())["sessions"][-1]
     assert session["outcome"] == "interrupted" and session["trials_run"] == 1
     summary = summarize(tmp_path / "out")
