@@ -15,8 +15,9 @@ import pytest
 from optforge.__main__ import main
 from optforge.bench.executors import parse_executor
 
-ARGV = ["bench", "run", "--workloads", "click_ctr,illcond_regression", "--submissions",
-        "adamw,lion", "--ruleset", "external", "--trials", "2", "--studies", "1", "--seed", "3",
+# Two trials (one per worker), different configurations; test_study covers more trials on Dask.
+ARGV = ["bench", "run", "--workloads", "click_ctr", "--submissions", "adamw,lion",
+        "--ruleset", "external", "--trials", "1", "--studies", "1", "--seed", "3",
         "--max-steps", "12", "--no-progress"]
 KEYS = ("trial_id", "hparams", "hparams_used", "seed", "status", "steps", "stop_reason",
         "steps_to_target", "final_metric", "best_metric", "data_hash", "torch_threads")
@@ -33,7 +34,7 @@ def local_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "out"
     assert main([*ARGV, "--jobs", "2", "--out", str(out)]) == 0
     recs = _records(out)
-    assert len(recs) == 8 and {r[0]["status"] for r in recs} == {"ok"}
+    assert len(recs) == 2 and {r[0]["status"] for r in recs} == {"ok"}
     return recs
 
 
