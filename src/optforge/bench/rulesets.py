@@ -118,6 +118,7 @@ class PlannedTrial:
     budget_scale: float = 1.0
     torch_threads: int = 1
     max_steps: int | None = None
+    time_budget: bool = True
 
     def spec_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`optforge.bench.trial.TrialSpec` (its fields, read here)."""

@@ -57,6 +57,8 @@ class TrialSpec:
         torch_threads: ``torch.set_num_threads`` for the trial (recorded with the result).
         budget_scale: multiplies the step and time budgets (1.5 in the self-tuning ruleset).
         max_steps: an extra cap on steps (quick runs, tests); None: the step budget only.
+        time_budget: False turns the time budget off, so that a trial stops at its target or
+            step budget only and its steps to target do not depend on the machine's speed.
     """
 
     workload: str
@@ -66,6 +68,7 @@ class TrialSpec:
     torch_threads: int = 1
     budget_scale: float = 1.0
     max_steps: int | None = None
+    time_budget: bool = True
 
 
 def _jsonable(value: Any) -> Any:
@@ -99,12 +102,14 @@ def _environment(threads: int) -> dict[str, Any]:
     }
 
 
-def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run one trial and return its JSON-able record (never raises for a failed trial).
 
     Args:
         spec: the trial.
         clock: seconds as a float; injectable so tests can drive time (``time.perf_counter``).
+        progress: called as ``progress(step, step_limit)`` after every step, off the clock.
 
     Returns:
         A dict with every ``TrialSpec`` field (as given), ``hparams_used`` (the submission's
@@ -116,7 +121,8 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
         "train_loss"}`` per evaluation), ``steps``, ``stop_reason`` (``"target"``,
         ``"step_budget"``, ``"time_budget"``, ``"max_steps"``, ``"diverged"`` or ``"error"``),
         ``stop_detail`` (what diverged, else None), the workload's
-        ``metric_name``, ``higher_is_better``, ``target`` and budgets, ``batch_size`` and the
+        ``metric_name``, ``higher_is_better``, ``target`` and budgets (``time_budget_s`` None when
+        the time budget is off), ``batch_size`` and the
         environment (``torch_threads``, ``torch_version``, ``python``, ``platform``).
         Non-finite numbers are written as None so the record is strict JSON.
     """
@@ -135,7 +141,7 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
             raise ValueError(f"torch_threads must be an integer >= 1 (got {spec.torch_threads!r})")
         torch.set_num_threads(spec.torch_threads)
         record.update(_environment(torch.get_num_threads()))
-        _train(spec, clock, record)
+        _train(spec, clock, record, progress)
     except Exception as exc:  # a failed trial is a result, not a crash of the whole study
         record["status"], record["stop_reason"] = "error", "error"
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -145,7 +151,8 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
     return record
 
 
-def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) -> None:
+def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any],
+           progress: Callable[[int, int], None] | None = None) -> None:
     from optforge.bench.submission import get_submission
     from optforge.bench.workload import reached
     from optforge.bench.workloads import get_workload
@@ -160,11 +167,11 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
     record["hparams_used"] = _jsonable(hparams)
     budget_steps = math.ceil(workload.step_budget * spec.budget_scale)
     step_limit = budget_steps if spec.max_steps is None else min(budget_steps, spec.max_steps)
-    time_budget = workload.time_budget_s * spec.budget_scale
+    time_budget = workload.time_budget_s * spec.budget_scale if spec.time_budget else math.inf
     record.update({
         "data_hash": workload.data_hash(), "metric_name": workload.metric_name,
         "higher_is_better": workload.higher_is_better, "target": workload.target,
-        "step_limit": step_limit, "time_budget_s": time_budget,
+        "step_limit": step_limit, "time_budget_s": _finite(time_budget),
         "batch_size": submission.get_batch_size(workload.name),
     })
 
@@ -194,6 +201,8 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
         step_end = clock()
         train_time += step_end - last_end
         step += 1
+        if progress is not None:
+            progress(step, step_limit)
 
         loss = opt_state.get("loss") if isinstance(opt_state, dict) else None
         if loss is not None and not math.isfinite(float(loss)):
