@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optforge.bench.rulesets import PlannedTrial, get_ruleset, plan_trials
+from optforge.bench.hparam_check import check_search_space
+from optforge.bench.rulesets import PlannedTrial, get_ruleset, plan_trials, submission_space
 from optforge.bench.search_space import SearchSpace, parse_search_space
 from optforge.bench.tuners import BayesianTuner, check_tuner
 
@@ -453,6 +454,10 @@ def run_benchmark(
     workloads, submissions = _resolve(cfg)
     tuner: BayesianTuner | None = None
     try:
+        if ruleset.name == "external":  # refuse a bad space before any trial runs
+            for name, sub in submissions.items():
+                check_search_space(name, sub, submission_space(name, sub, space),
+                                   where=f"search space of '{name}'")
         if cfg.tuner == "bo":
             tuner = BayesianTuner(cfg.workloads, submissions, ruleset, workloads, seed=cfg.seed,
                                   search_space=space, batch_size=cfg.tuner_batch,

@@ -32,8 +32,8 @@ from optforge._validation import check_in_range, check_non_negative, check_posit
 from optforge.bench.workload import Workload
 
 __all__ = [
-    "RegistrySubmission", "Submission", "cosine_warmup_factor", "get_submission",
-    "list_submissions", "register_submission",
+    "WORKLOAD_HPARAMS", "RegistrySubmission", "Submission", "cosine_warmup_factor",
+    "get_submission", "list_submissions", "register_submission",
 ]
 
 
@@ -117,9 +117,12 @@ def cosine_warmup_factor(step: int, step_hint: float, warmup_factor: float) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
+#: AlgoPerf's workload-side hyperparameters: the runner gives the dropout rates to the model
+#: and the submission gives ``label_smoothing`` to the loss; never to an optimizer.
+WORKLOAD_HPARAMS = ("dropout_rate", "aux_dropout_rate", "label_smoothing")
 #: Hyperparameters the recipe itself consumes; every other key goes to the optimizer.
 _RECIPE_KEYS = ("learning_rate", "weight_decay", "warmup_factor", "grad_clip_norm",
-                "step_hint_factor", "one_minus_beta1", "beta1", "beta2")
+                "step_hint_factor", "one_minus_beta1", "beta1", "beta2", *WORKLOAD_HPARAMS)
 
 
 class RegistrySubmission(Submission):
@@ -133,6 +136,9 @@ class RegistrySubmission(Submission):
         one_minus_beta1 or beta1, and beta2: momentum coefficients; with
             ``momentum_style="momentum"`` beta1 becomes SGD's ``momentum`` (beta2 is refused).
         grad_clip_norm: clip the global gradient norm to this value; absent, None or 0: off.
+        label_smoothing: passed to the workload's loss (AlgoPerf's workload-side
+            hyperparameter; ``dropout_rate`` and ``aux_dropout_rate`` go to the model, set by
+            the runner).
         anything else: passed to the optimizer's constructor as is (e.g. ``eps``).
 
     Args:
@@ -217,7 +223,7 @@ class RegistrySubmission(Submission):
         opt: torch.optim.Optimizer = optimizer_state["optimizer"]
         model.train()
         opt.zero_grad(set_to_none=True)
-        loss = workload.loss(model, batch)
+        loss = workload.loss(model, batch, hparams.get("label_smoothing", 0.0))
         loss.backward()
         if optimizer_state["grad_clip_norm"] is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), optimizer_state["grad_clip_norm"])

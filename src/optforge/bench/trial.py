@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from optforge._seeding import generator_for
+from optforge._seeding import derive_seed, generator_for
 from optforge._validation import check_positive
 
 __all__ = ["TrialSpec", "run_trial"]
@@ -43,6 +43,7 @@ __all__ = ["TrialSpec", "run_trial"]
 # Per-step streams, as AlgoPerf splits the step's key (card §2): data selection, update,
 # prepare-for-eval, evaluation. Data selection uses the workload's (seed, step) order itself.
 _RNG_INIT, _RNG_UPDATE = 0, 1
+_RNG_GLOBAL = 0x44524F50  # "DROP": torch's global RNG during the trial (dropout)
 
 
 @dataclass
@@ -135,7 +136,10 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
             raise ValueError(f"torch_threads must be an integer >= 1 (got {spec.torch_threads!r})")
         torch.set_num_threads(spec.torch_threads)
         record.update(_environment(torch.get_num_threads()))
-        _train(spec, clock, record)
+        # Dropout draws from the global RNG: seed it per trial (and restore it afterwards).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(spec.seed, _RNG_GLOBAL))
+            _train(spec, clock, record)
     except Exception as exc:  # a failed trial is a result, not a crash of the whole study
         record["status"], record["stop_reason"] = "error", "error"
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -143,6 +147,12 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
     finally:
         torch.set_num_threads(previous_threads)
     return record
+
+
+def _rate(hparams: Mapping[str, Any] | None, name: str) -> float | None:
+    """A workload-side dropout rate from the configuration (AlgoPerf's runner reads
+    ``hyperparameters.dropout_rate`` where it exists)."""
+    return None if not hparams or hparams.get(name) is None else float(hparams[name])
 
 
 def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) -> None:
@@ -169,7 +179,8 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
     })
 
     # Off the clock: model initialization and optimizer state (AlgoPerf's init phase).
-    model = workload.init_model(spec.seed)
+    model = workload.init_model(spec.seed, dropout_rate=_rate(hparams, "dropout_rate"),
+                                aux_dropout_rate=_rate(hparams, "aux_dropout_rate"))
     opt_state = submission.init_optimizer_state(
         workload, model, hparams, generator_for("cpu", spec.seed, _RNG_INIT))
 

@@ -97,8 +97,8 @@ class IllCondRegression(Workload):
     def _batch(self, indices: torch.Tensor) -> Any:
         return self.data["x_train"][indices], self.data["y_train"][indices]
 
-    def _loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        x, y = batch
+    def _loss(self, model: nn.Module, batch: Any, label_smoothing: float = 0.0) -> torch.Tensor:
+        x, y = batch  # label smoothing means nothing for regression (ignored, as in AlgoPerf)
         return F.mse_loss(model(x), y)
 
     def _metric(self, model: nn.Module) -> float:
