@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optforge.bench.algoperf.loader import is_submission_ref
+from optforge.bench.algoperf.protocol import get_protocol
 from optforge.bench.hparam_check import check_search_space
 from optforge.bench.rulesets import PlannedTrial, get_ruleset, plan_trials, submission_space
 from optforge.bench.search_space import SearchSpace, parse_search_space
@@ -322,6 +324,8 @@ class BenchConfig:
         tuner: external tuning's ``"halton"`` (AlgoPerf) or ``"bo"`` (Bayesian optimization,
             :mod:`optforge.bench.tuners`).
         tuner_batch: BO suggestions per round and study (the CLI passes ``--jobs``, or 1).
+        protocol: ``"optforge"`` or ``"algoperf"`` (AlgoPerf's seeds, evaluation cadence and
+            scoring, :mod:`optforge.bench.algoperf.protocol`; what the CLI's ``run`` uses).
     """
 
     workloads: list[str]
@@ -336,9 +340,12 @@ class BenchConfig:
     label: str = field(default="", compare=False)
     tuner: str = "halton"
     tuner_batch: int = 1
+    protocol: str = "optforge"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        if self.protocol == "optforge":
+            del d["protocol"]  # runs recorded before protocols existed resume as optforge
         if self.ruleset == "self":
             d["num_trials"] = 1
         if self.tuner == "halton":
@@ -407,7 +414,7 @@ def _resolve(cfg: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if not names:
             raise BenchError(f"no {kind}s selected (known: {', '.join(known)})")
         for n in names:
-            if n not in known:
+            if n not in known and not (kind == "submission" and is_submission_ref(n)):
                 raise BenchError(f"unknown {kind} '{n}' (known: {', '.join(known)})")
         if len(set(names)) != len(names):
             raise BenchError(f"{kind}s must not repeat (got {', '.join(names)})")
@@ -419,7 +426,10 @@ def _resolve(cfg: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                                             "target", "step_budget", "time_budget_s",
                                             "held_out", "base")
         }
-    return workloads, {n: get_submission(n) for n in cfg.submissions}
+    try:
+        return workloads, {n: get_submission(n) for n in cfg.submissions}
+    except ValueError as e:  # a submission file that cannot be loaded
+        raise BenchError(str(e)) from None
 
 
 def run_benchmark(
@@ -446,6 +456,13 @@ def run_benchmark(
     except ValueError as e:
         raise BenchError(str(e)) from None
     ruleset = get_ruleset(cfg.ruleset, num_trials=cfg.num_trials, num_studies=cfg.num_studies)
+    try:
+        protocol = get_protocol(cfg.protocol)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+    if protocol.name == "algoperf" and cfg.tuner != "halton":
+        raise BenchError(f"--tuner {cfg.tuner} is not AlgoPerf's procedure; use --protocol "
+                         "optforge with it")
     space: SearchSpace | None = None
     if cfg.search_space is not None:
         if cfg.ruleset != "external":
@@ -466,7 +483,7 @@ def run_benchmark(
         else:
             plan = plan_trials(cfg.workloads, submissions, ruleset, seed=cfg.seed,
                                search_space=space, torch_threads=cfg.torch_threads,
-                               max_steps=cfg.max_steps)
+                               max_steps=cfg.max_steps, protocol=protocol.name)
             trial_ids = [t.trial_id for t in plan]
     except ValueError as e:
         raise BenchError(str(e)) from None
@@ -491,6 +508,11 @@ def run_benchmark(
         info = {"config": config, "sessions": []}
     info["workloads"] = workloads
     info["ruleset"] = asdict(ruleset)
+    if protocol.name != "optforge":
+        from optforge.bench.workloads import list_workloads
+
+        info["protocol"] = {**protocol.to_json(),
+                            "base_workloads": list_workloads(include_held_out=False)}
     if tuner is not None:
         info["tuner"] = tuner.describe()
     info["trial_ids"] = trial_ids

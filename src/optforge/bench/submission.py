@@ -32,9 +32,15 @@ from optforge._validation import check_in_range, check_non_negative, check_posit
 from optforge.bench.workload import Workload
 
 __all__ = [
-    "WORKLOAD_HPARAMS", "RegistrySubmission", "Submission", "cosine_warmup_factor",
+    "WORKLOAD_HPARAMS", "RegistrySubmission", "Submission", "TrainingComplete",
+    "cosine_warmup_factor",
     "get_submission", "list_submissions", "register_submission",
 ]
+
+
+class TrainingComplete(Exception):
+    """Raised by ``update_params`` to end the run: the runner evaluates once more and stops
+    (AlgoPerf's ``spec.TrainingCompleteError``)."""
 
 
 class Submission:
@@ -97,6 +103,16 @@ class Submission:
         if workload.name not in cache:
             cache[workload.name] = self.get_batch_size(workload.name)
         return workload.train_batch(global_step, seed, cache[workload.name])
+
+    def model_for_eval(self, model: nn.Module, optimizer_state: Any) -> nn.Module:
+        """The model to evaluate: ``model`` unless the submission swapped in another (an
+        AlgoPerf file returns its parameter container from each call)."""
+        return model
+
+    def observe(self, optimizer_state: Any, *, step: int, train_time_s: float,
+                evaluation: Mapping[str, float] | None = None) -> None:
+        """Told after each step (and each evaluation) how far the run is; nothing by default
+        (AlgoPerf files read it as ``train_state`` and ``eval_results``)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -319,9 +335,19 @@ def list_submissions() -> list[str]:
 def get_submission(name: str) -> Submission:
     """A fresh instance of the submission called ``name``.
 
+    A path to an AlgoPerf submission file (``*.py``) or ``module:attribute`` loads that
+    submission (:class:`optforge.bench.algoperf.submission.AlgoPerfSubmission`).
+
     Raises:
-        ValueError: for an unknown name; the message lists the known ones.
+        ValueError: for an unknown name (the message lists the known ones) or a submission file
+            that cannot be loaded.
     """
+    from optforge.bench.algoperf.loader import is_submission_ref
+
+    if name not in _REGISTRY and is_submission_ref(name):
+        from optforge.bench.algoperf.submission import AlgoPerfSubmission
+
+        return AlgoPerfSubmission(name)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

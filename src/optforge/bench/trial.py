@@ -58,6 +58,9 @@ class TrialSpec:
         torch_threads: ``torch.set_num_threads`` for the trial (recorded with the result).
         budget_scale: multiplies the step and time budgets (1.5 in the self-tuning ruleset).
         max_steps: an extra cap on steps (quick runs, tests); None: the step budget only.
+        eval_period_s: evaluate once this much training time has passed since the last
+            evaluation (AlgoPerf's cadence, ``eval_period_time_sec``; the first step is always
+            evaluated); None: every ``eval_every_steps`` steps.
     """
 
     workload: str
@@ -67,6 +70,7 @@ class TrialSpec:
     torch_threads: int = 1
     budget_scale: float = 1.0
     max_steps: int | None = None
+    eval_period_s: float | None = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -115,7 +119,8 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
         ``train_time_s`` (submission time, evaluation excluded), ``eval_time_s``,
         ``final_metric``, ``best_metric``, ``curve`` (one ``{"step", "train_time_s", "metric",
         "train_loss"}`` per evaluation), ``steps``, ``stop_reason`` (``"target"``,
-        ``"step_budget"``, ``"time_budget"``, ``"max_steps"``, ``"diverged"`` or ``"error"``),
+        ``"step_budget"``, ``"time_budget"``, ``"max_steps"``, ``"complete"`` (the submission
+        ended the run), ``"diverged"`` or ``"error"``),
         ``stop_detail`` (what diverged, else None), the workload's
         ``metric_name``, ``higher_is_better``, ``target`` and budgets, ``batch_size`` and the
         environment (``torch_threads``, ``torch_version``, ``python``, ``platform``).
@@ -156,13 +161,15 @@ def _rate(hparams: Mapping[str, Any] | None, name: str) -> float | None:
 
 
 def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) -> None:
-    from optforge.bench.submission import get_submission
+    from optforge.bench.submission import TrainingComplete, get_submission
     from optforge.bench.workload import reached
     from optforge.bench.workloads import get_workload
 
     check_positive("budget_scale", spec.budget_scale)
     if spec.max_steps is not None and spec.max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 or None (got {spec.max_steps})")
+    if spec.eval_period_s is not None:
+        check_positive("eval_period_s", spec.eval_period_s)
     workload = get_workload(spec.workload)
     submission = get_submission(spec.submission)
     # empty hparams: the submission's defaults (self-tuning, quick runs)
@@ -189,6 +196,8 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
     curve: list[dict[str, Any]] = []
     status, stop_reason = "ok", "step_budget"
     step = 0
+    complete = False  # the submission ended the run (AlgoPerf's TrainingCompleteError)
+    last_eval_time = -math.inf  # training time at the last evaluation (time cadence)
     last_end = clock()
     while True:
         batch = submission.data_selection(workload, hparams, opt_state, step, spec.seed)
@@ -202,9 +211,12 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
             status, stop_reason = "diverged", "diverged"
             record["stop_detail"] = f"step {step}: {exc}"
             break
+        except TrainingComplete:
+            complete = True
         step_end = clock()
         train_time += step_end - last_end
         step += 1
+        submission.observe(opt_state, step=step, train_time_s=train_time)
 
         loss = opt_state.get("loss") if isinstance(opt_state, dict) else None
         if loss is not None and not math.isfinite(float(loss)):
@@ -212,8 +224,12 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
             record["stop_detail"] = f"step {step}: training loss {float(loss)}"
             break
         out_of_time = train_time >= time_budget
-        last = step >= step_limit or out_of_time
-        if step % workload.eval_every_steps == 0 or last:
+        last = step >= step_limit or out_of_time or complete
+        if spec.eval_period_s is None:
+            due = step % workload.eval_every_steps == 0
+        else:
+            due = train_time - last_eval_time >= spec.eval_period_s
+        if due or last:
             t0 = clock()
             opt_state = submission.prepare_for_eval(workload, model, hparams, opt_state, step)
             train_time += clock() - t0
@@ -221,10 +237,14 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
                 stop_reason = "time_budget"
                 break
             t0 = clock()  # --- clock paused: evaluation and logging
-            metric = workload.evaluate(model)
-            train_loss = workload.train_eval_loss(model)
+            eval_model = submission.model_for_eval(model, opt_state)
+            metric = workload.evaluate(eval_model)
+            train_loss = workload.train_eval_loss(eval_model)
             curve.append({"step": step, "train_time_s": train_time,
                           "metric": _finite(metric), "train_loss": _finite(train_loss)})
+            last_eval_time = train_time
+            submission.observe(opt_state, step=step, train_time_s=train_time,
+                               evaluation=curve[-1])
             eval_time += clock() - t0
             if not (math.isfinite(metric) and math.isfinite(train_loss)):
                 status, stop_reason = "diverged", "diverged"
@@ -240,7 +260,9 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
                 stop_reason = "target"
                 break
         if last:
-            if out_of_time:
+            if complete:
+                stop_reason = "complete"
+            elif out_of_time:
                 stop_reason = "time_budget"
             elif step < budget_steps:
                 stop_reason = "max_steps"
