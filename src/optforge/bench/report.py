@@ -272,6 +272,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 
 def _how_it_ran(summary: Mapping[str, Any]) -> list[str]:
+    if summary.get("source"):  # imported logs: how they ran is in the logs, not here
+        return [f"- As logged: {summary['source']} (times are AlgoPerf's `score` column, the "
+                "accumulated submission time)."]
     lines = []
     for k, s in enumerate(summary["sessions"], 1):
         m = s.get("machine", {})

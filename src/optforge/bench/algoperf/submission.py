@@ -47,6 +47,7 @@ from torch import nn
 from optforge._seeding import derive_seed
 from optforge.bench.algoperf.loader import LoadedSubmission, load_submission
 from optforge.bench.algoperf.workload import (
+    MAX_BATCH_FACTOR,
     AlgoPerfWorkload,
     algoperf_name,
     max_batch_size,
@@ -143,7 +144,7 @@ class AlgoPerfSubmission(Submission):
         if asked <= cap:
             return None
         return (f"{self.name}: batch size {asked:,} for {algoperf_name(w)} is more than "
-                f"{workload_name} runs; using {cap:,} (at most {8}x its default "
+                f"{workload_name} runs; using {cap:,} (at most {MAX_BATCH_FACTOR}x its default "
                 f"{w.default_batch_size:,} and its {w.num_train_examples:,} training examples)")
 
     # ------------------------------------------------------------------ the five functions

@@ -45,8 +45,8 @@ from optforge.bench.algoperf.compat.algoperf import spec as compat_spec
 from optforge.bench.workload import RateDropout, Workload, set_dropout_rates
 from optforge.bench.workloads import ClickCTR, DigitsCNN, IllCondRegression, StdlibCharLM
 
-__all__ = ["AlgoPerfWorkload", "algoperf_name", "eval_period_time_sec", "max_batch_size",
-           "seed_from_rng"]
+__all__ = ["MAX_BATCH_FACTOR", "AlgoPerfWorkload", "algoperf_name", "eval_period_time_sec",
+           "max_batch_size", "seed_from_rng"]
 
 
 @dataclass(frozen=True)
