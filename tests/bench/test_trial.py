@@ -304,6 +304,17 @@ def test_non_finite_metric_is_divergence(clocked) -> None:
     json.dumps(rec, allow_nan=False)
 
 
+def test_evaluation_cadence_by_training_time(clocked) -> None:
+    """AlgoPerf's cadence: the first step is evaluated, then once eval_period_s of training
+    time (prepare_for_eval included, evaluation excluded) has passed since the last one."""
+    clock, cfg = clocked
+    rec = _run(cfg, clock, eval_period_s=3.0, max_steps=8)
+    # train time after step k is 1.25 k + 0.5 per earlier prepare_for_eval
+    assert [c["step"] for c in rec["curve"]] == [1, 4, 7, 8]
+    assert [c["train_time_s"] for c in rec["curve"]] == pytest.approx([1.75, 6.0, 10.25, 12.0])
+    assert rec["eval_period_s"] == 3.0
+
+
 # --------------------------------------------------------------------------- step-only budgets
 
 

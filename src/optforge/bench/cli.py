@@ -7,14 +7,21 @@ Commands::
                        --trials N --studies M --out DIR [--jobs K] [--seed S]
                        [--search-space FILE] [--threads T] [--max-steps S]
                        [--tuner halton|bo] [--no-time-budget]
+                       [--protocol algoperf|optforge]
                        [--executor local|dask:ADDRESS|ray|ray:ADDRESS]
-    optforge bench report DIR
+    optforge bench report DIR [--baseline S] [--reference S] [--out OUT]
     optforge bench list
 
 The quick suite runs every base (non-held-out) workload with ``adamw`` and ``lion`` at their
 default hyperparameters under the self-tuning ruleset (budget x1.5), one study, and writes the
 report to ``./bench-out``. Bad input gets one line on stderr and exit status 2; an interrupted
 run exits 130 and resumes when the same command is run again.
+
+``run`` scores by AlgoPerf's rules (``--protocol algoperf``) unless ``--protocol optforge`` is
+given (or ``--tuner bo``); ``--submissions`` also takes AlgoPerf submission files
+(``path/to/submission.py`` or ``module:attribute``). ``report DIR`` also reads an AlgoPerf
+submission or experiment directory (``eval_measurements.csv`` logs) and writes the report into
+``--out`` (default ``DIR-optforge-report`` beside it).
 """
 
 from __future__ import annotations
@@ -116,8 +123,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="comma-separated workload names (see `optforge bench list`) or "
                    "module:attr of your own Workload")
     r.add_argument("--submissions", type=_names, required=True,
-                   help="comma-separated submission names or module:attr of your own "
-                   "Submission")
+                   help="comma-separated submission names, AlgoPerf submission files "
+                   "(path/to/submission.py) or module:attr of your own Submission")
     r.add_argument("--ruleset", choices=("external", "self"), default="external",
                    help="external: search over the search space (see --tuner); self: default "
                    "hyperparameters, budget x1.5 (default external)")
@@ -131,12 +138,21 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="external tuning: halton draws every configuration up front (AlgoPerf); "
                    "bo runs Bayesian optimization per study, in rounds of --jobs (or 1) "
                    "trials (default halton)")
+    r.add_argument("--protocol", choices=("algoperf", "optforge"), default=None,
+                   help="algoperf: AlgoPerf's seeds, evaluation cadence and scoring exactly; "
+                   "optforge: one seed per trial, evaluations by steps, least time per study "
+                   "(default algoperf; optforge with --tuner bo)")
     _add_common(r, None)
 
     rep = cmds.add_parser("report", help="(re)write DIR/report.md from DIR's trial records")
     rep.add_argument("dir")
     rep.add_argument("--baseline", default=None,
                      help="submission for the speed-up column (default adamw if present)")
+    rep.add_argument("--reference", default=None,
+                     help="divide times by this submission's instead of the per-workload best "
+                     "(AlgoPerf's reference submission)")
+    rep.add_argument("--out", default=None,
+                     help="where the report of AlgoPerf logs goes (default DIR-optforge-report)")
     cmds.add_parser("list", help="list workloads and submissions")
     return bench
 
@@ -249,15 +265,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # BO's rounds hold --jobs trials per study: part of the configuration, since it
         # changes which trials are proposed.
         **({"tuner": "bo", "tuner_batch": args.jobs or 1} if args.tuner == "bo" else {}),
+        protocol=args.protocol or ("optforge" if args.tuner == "bo" else "algoperf"),
     )
+    _batch_size_notices(cfg)
     return _run(args, cfg)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from optforge.bench.report import format_table, summarize, write_report
+def _batch_size_notices(cfg) -> None:
+    """One line per submission file and workload whose batch size the CPU workload cannot run
+    (and a clear error for a file that cannot be loaded) before any trial starts."""
+    from optforge.bench.algoperf.loader import is_submission_ref
+    from optforge.bench.study import BenchError
+    from optforge.bench.submission import get_submission, list_submissions
+    from optforge.bench.workloads import list_workloads
 
-    path = write_report(args.dir, baseline=args.baseline)
-    print(format_table(summarize(args.dir, baseline=args.baseline)))
+    for name in cfg.submissions:
+        if name in list_submissions() or not is_submission_ref(name):
+            continue
+        try:
+            sub = get_submission(name)
+            for w in cfg.workloads:
+                if w in list_workloads():
+                    notice = sub.batch_size_notice(w)
+                    if notice:
+                        print(f"optforge bench: note: {notice}", file=sys.stderr)
+        except ValueError as e:
+            raise BenchError(str(e)) from None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from optforge.bench.algoperf.logs import LogsError, import_logs, is_algoperf_logs
+    from optforge.bench.report import format_table, summarize, write_report
+    from optforge.bench.study import BenchError
+
+    run_dir = args.dir
+    if is_algoperf_logs(args.dir):
+        try:
+            # beside DIR: inside, AlgoPerf's scorer would take the report for a submission
+            logs = Path(args.dir).resolve()
+            default = logs.parent / f"{logs.name}-optforge-report"
+            run_dir = import_logs(args.dir, args.out or default)
+        except (LogsError, OSError) as e:
+            raise BenchError(str(e)) from None
+    elif args.out is not None:
+        raise BenchError("--out applies to AlgoPerf logs only (an optforge run's report is "
+                         "written into its own folder)")
+    path = write_report(run_dir, baseline=args.baseline, reference=args.reference)
+    print(format_table(summarize(run_dir, baseline=args.baseline, reference=args.reference)))
     print(f"report: {path}")
     return 0
 

@@ -26,6 +26,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from optforge.bench.algoperf.protocol import (
+    algoperf_aggregate,
+    algoperf_profile,
+    algoperf_study_values,
+)
 from optforge.bench.records import scan_records
 from optforge.bench.results import write_csv
 from optforge.bench.rulesets import aggregate, study_bests
@@ -87,8 +92,15 @@ def _json_num(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def summarize(out_dir: str | Path, *, baseline: str | None = None) -> dict[str, Any]:
-    """Everything the report shows, as JSON-able data (``None`` stands for "not reached")."""
+def summarize(out_dir: str | Path, *, baseline: str | None = None,
+              reference: str | None = None) -> dict[str, Any]:
+    """Everything the report shows, as JSON-able data (``None`` stands for "not reached").
+
+    The run's scoring protocol (``run.json``; runs made before protocols existed are
+    ``optforge``) decides how trials, studies and held-out variants become scores
+    (:mod:`optforge.bench.algoperf.protocol`). ``reference`` divides every time by that
+    submission's instead of the per-workload best (AlgoPerf's ``reference_submission_tag``).
+    """
     out = Path(out_dir)
     info = _read_run(out)
     cfg = info.get("config", {})
@@ -103,6 +115,9 @@ def summarize(out_dir: str | Path, *, baseline: str | None = None) -> dict[str, 
         baseline = DEFAULT_BASELINE if DEFAULT_BASELINE in subs else (subs[0] if subs else None)
     elif baseline not in subs:
         raise BenchError(f"baseline must be one of {', '.join(subs)} (got '{baseline}')")
+    if reference is not None and reference not in subs:
+        raise BenchError(f"reference must be one of {', '.join(subs)} (got '{reference}')")
+    protocol = dict(info.get("protocol") or {"name": cfg.get("protocol", "optforge")})
 
     result: dict[str, Any] = {
         "config": cfg,
@@ -111,6 +126,9 @@ def summarize(out_dir: str | Path, *, baseline: str | None = None) -> dict[str, 
         "workloads": workloads,
         "submissions": subs,
         "baseline": baseline,
+        "reference": reference,
+        "protocol": protocol,
+        "source": info.get("source"),
         "trials": {"planned": len(planned), "recorded": len(records)},
         "status": {},
         "errors": [],
@@ -121,19 +139,31 @@ def summarize(out_dir: str | Path, *, baseline: str | None = None) -> dict[str, 
         if r.get("status") == "error":
             result["errors"].append(f"{r.get('trial_id')}: {r.get('error')}")
 
+    algoperf = protocol["name"] == "algoperf"
     for key, label in (("time_to_target_s", "time"), ("steps_to_target", "steps")):
-        med = aggregate(records, key)
-        med = {s: {w: med.get(s, {}).get(w, math.inf) for w in workloads} for s in subs}
-        bests = study_bests(records, key)
+        ran = algoperf_aggregate(records, key) if algoperf else aggregate(records, key)
+        med = {s: {w: ran.get(s, {}).get(w, math.inf) for w in workloads} for s in subs}
+        bests = algoperf_study_values(records, key) if algoperf else study_bests(records, key)
         cells = {
             s: {w: {"median": _json_num(med[s][w]),
                     **_spread(bests.get((s, w), {}))} for w in workloads}
             for s in subs
         }
-        scored_times, scored = held_out_rule(med, workloads)
+        if algoperf:  # AlgoPerf's held-out order and its fixed number of base workloads
+            scored = list(protocol.get("base_workloads")
+                          or [w for w, m in workloads.items() if not m.get("held_out")])
+            variants = {w: m["base"] for w, m in workloads.items()
+                        if m.get("held_out") and m.get("base")}
+            scored_times = {s: {w: med[s].get(w, math.inf) for w in scored} for s in subs}
+        else:
+            scored_times, scored = held_out_rule(med, workloads)
         block: dict[str, Any] = {"cells": cells, "scored_workloads": scored}
         if subs and scored:
-            prof = performance_profile(scored_times, scored)
+            if algoperf:
+                prof = algoperf_profile({s: ran.get(s, {}) for s in subs}, scored, variants,
+                                        reference=reference)
+            else:
+                prof = performance_profile(scored_times, scored, reference=reference)
             block["scores"] = prof.scores
             block["profile"] = {"taus": prof.taus.tolist(),
                                 "rho": {s: v.tolist() for s, v in prof.rho.items()}}
@@ -314,6 +344,9 @@ def _workload_meta_rows(summary: Mapping[str, Any]) -> list[list[str]]:
 
 
 def _how_it_ran(summary: Mapping[str, Any]) -> list[str]:
+    if summary.get("source"):  # imported logs: how they ran is in the logs, not here
+        return [f"- As logged: {summary['source']} (times are AlgoPerf's `score` column, the "
+                "accumulated submission time)."]
     lines = []
     for k, s in enumerate(summary["sessions"], 1):
         m = s.get("machine", {})
@@ -337,6 +370,24 @@ def _how_it_ran(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _scoring_line(summary: Mapping[str, Any]) -> str:
+    proto = summary.get("protocol") or {}
+    if proto.get("name") == "algoperf":
+        base = summary["time"].get("scored_workloads") or []
+        line = ("Scoring: AlgoPerf's rules (protocol `algoperf`): a study's time is that of the "
+                "trial reaching the target at the earliest evaluation; held-out variants count "
+                f"after the 4× cut-off; ρ divides by the {len(base)} base workloads "
+                f"({', '.join(base)}); one seed per study; evaluations by training time.")
+    else:
+        line = ("Scoring: optforge's protocol (`optforge`): a study's time is its least time "
+                "to target; ρ divides by the scored workloads of the run.")
+    if summary.get("reference"):
+        line += f" Ratios are taken against the reference submission {summary['reference']}."
+    if summary.get("source"):
+        line += f" Imported from {summary['source']}."
+    return line
+
+
 def _markdown(summary: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
     cfg, rs = summary["config"], summary["ruleset"]
     n_st = rs.get("num_studies")
@@ -351,17 +402,23 @@ def _markdown(summary: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
         rules = (f"external tuning ({rs.get('num_trials')} Halton trials × "
                  f"{rs.get('num_studies')} studies, budget ×{rs.get('budget_scale')})")
     space = "custom file" if cfg.get("search_space") else "each submission's own"
+    setup = (f"; seed {cfg.get('seed')}"
+             + (f"; steps capped at {cfg['max_steps']} per trial" if cfg.get("max_steps") else "")
+             + ("; time budgets off (trials stop at the target or the step budget only)"
+                if cfg.get("time_budgets") is False else "")
+             + (f"; search space: {space}" if rs.get("name") == "external" else ""))
+    if summary.get("source"):  # imported logs: trials as logged, no seed or space known here
+        rules = (f"{'self-tuning' if rs.get('name') == 'self' else 'external tuning'} as "
+                 f"logged (up to {rs.get('num_trials')} trial(s) × {rs.get('num_studies')} "
+                 "studies)")
+        setup = ""
     parts = [
         "# optforge bench report",
         "",
-        f"Ruleset: {rules}; seed {cfg.get('seed')}"
-        + (f"; steps capped at {cfg['max_steps']} per trial" if cfg.get("max_steps") else "")
-        + ("; time budgets off (trials stop at the target or the step budget only)"
-           if cfg.get("time_budgets") is False else "")
-        + (f"; search space: {space}" if rs.get("name") == "external" else "")
-        + ".",
+        f"Ruleset: {rules}{setup}.",
         f"Trials: {summary['trials']['recorded']} of {summary['trials']['planned']} recorded; "
         + ", ".join(f"{k}: {v}" for k, v in sorted(summary["status"].items())) + ".",
+        _scoring_line(summary),
         "",
         "## Workloads",
         "",
@@ -465,7 +522,8 @@ def _plot_profiles(summary: Mapping[str, Any], path: Path) -> None:
                 # Distinct dashes: profiles often coincide over long stretches.
                 ax.plot(prof["taus"], rho, drawstyle="steps-post", lw=1.8,
                         ls=("-", "--", "-.", ":")[k % 4], label=f"{s} ({score:.3f})")
-        ax.set_xlabel("τ (ratio to the best submission)")
+        versus = summary.get("reference") or "the best submission"
+        ax.set_xlabel(f"τ (ratio to {versus})")
         ax.set_title(f"Performance profile: {title}")
         ax.set_xlim(1, R_MAX)
         ax.set_ylim(-0.02, 1.02)
@@ -588,11 +646,11 @@ MAX_WORKLOADS_FOR_BARS = 12
 
 
 def write_report(out_dir: str | Path, *, baseline: str | None = None,
-                 figures: bool = True) -> Path:
+                 figures: bool = True, reference: str | None = None) -> Path:
     """Write ``report.md``, ``summary.json`` and the PNGs into ``out_dir``; return the
-    report's path."""
+    report's path (``reference``: see :func:`summarize`)."""
     out = Path(out_dir)
-    summary = summarize(out, baseline=baseline)
+    summary = summarize(out, baseline=baseline, reference=reference)
     figs: dict[str, Any] = {}
     try:
         if figures:

@@ -35,13 +35,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from optforge.bench.algoperf.loader import is_submission_ref
+from optforge.bench.algoperf.protocol import get_protocol
 from optforge.bench.executors import RayExecutor
+from optforge.bench.hparam_check import check_search_space
 from optforge.bench.lock import FolderInUse, OutLock
 from optforge.bench.plugins import load_plugins
 from optforge.bench.preflight import check_configurations, probe_configs
 from optforge.bench.progress import PROGRESS_DIR, StepFile, read_fraction
 from optforge.bench.records import load_records, scan_records, set_aside_damaged
-from optforge.bench.rulesets import PlannedTrial, get_ruleset, plan_trials
+from optforge.bench.rulesets import PlannedTrial, get_ruleset, plan_trials, submission_space
 from optforge.bench.search_space import SearchSpace, parse_search_space
 from optforge.bench.tuners import BayesianTuner, check_tuner
 
@@ -363,6 +366,8 @@ class BenchConfig:
             target do not depend on the machine (CI, papers); times are still measured.
         plugins: ``"module:attr"`` names of user submissions and workloads, loaded in every
             worker before its trial (:mod:`optforge.bench.plugins`).
+        protocol: ``"optforge"`` or ``"algoperf"`` (AlgoPerf's seeds, evaluation cadence and
+            scoring, :mod:`optforge.bench.algoperf.protocol`; what the CLI's ``run`` uses).
     """
 
     workloads: list[str]
@@ -379,9 +384,12 @@ class BenchConfig:
     tuner_batch: int = 1
     time_budgets: bool = True
     plugins: list[str] = field(default_factory=list)
+    protocol: str = "optforge"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        if self.protocol == "optforge":
+            del d["protocol"]  # runs recorded before protocols existed resume as optforge
         if self.ruleset == "self":
             d["num_trials"] = 1
         if self.tuner == "halton":
@@ -455,7 +463,7 @@ def _resolve(cfg: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if not names:
             raise BenchError(f"no {kind}s selected (known: {', '.join(known)})")
         for n in names:
-            if n not in known:
+            if n not in known and not (kind == "submission" and is_submission_ref(n)):
                 raise BenchError(f"unknown {kind} '{n}' (known: {', '.join(known)})")
         if len(set(names)) != len(names):
             raise BenchError(f"{kind}s must not repeat (got {', '.join(names)})")
@@ -467,7 +475,10 @@ def _resolve(cfg: BenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                                             "target", "step_budget", "time_budget_s",
                                             "held_out", "base")
         }
-    return workloads, {n: get_submission(n) for n in cfg.submissions}
+    try:
+        return workloads, {n: get_submission(n) for n in cfg.submissions}
+    except ValueError as e:  # a submission file that cannot be loaded
+        raise BenchError(str(e)) from None
 
 
 def run_benchmark(
@@ -499,6 +510,13 @@ def run_benchmark(
     except ValueError as e:
         raise BenchError(str(e)) from None
     ruleset = get_ruleset(cfg.ruleset, num_trials=cfg.num_trials, num_studies=cfg.num_studies)
+    try:
+        protocol = get_protocol(cfg.protocol)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+    if protocol.name == "algoperf" and cfg.tuner != "halton":
+        raise BenchError(f"--tuner {cfg.tuner} is not AlgoPerf's procedure; use --protocol "
+                         "optforge with it")
     space: SearchSpace | None = None
     if cfg.search_space is not None:
         if cfg.ruleset != "external":
@@ -511,6 +529,10 @@ def run_benchmark(
     tuner: BayesianTuner | None = None
     plan: list[PlannedTrial] = []
     try:
+        if ruleset.name == "external":  # refuse a bad space before any trial runs
+            for name, sub in submissions.items():
+                check_search_space(name, sub, submission_space(name, sub, space),
+                                   where=f"search space of '{name}'")
         if cfg.tuner == "bo":
             tuner = BayesianTuner(cfg.workloads, submissions, ruleset, workloads, seed=cfg.seed,
                                   search_space=space, batch_size=cfg.tuner_batch,
@@ -521,7 +543,7 @@ def run_benchmark(
         else:
             plan = plan_trials(cfg.workloads, submissions, ruleset, seed=cfg.seed,
                                search_space=space, torch_threads=cfg.torch_threads,
-                               max_steps=cfg.max_steps)
+                               max_steps=cfg.max_steps, protocol=protocol.name)
             trial_ids = [t.trial_id for t in plan]
             configs = {n: [t.hparams for t in plan if t.submission == n] for n in submissions}
         if trial_fn is None:  # a stand-in trial function decides what it accepts
@@ -553,6 +575,7 @@ def run_benchmark(
 def _run_locked(cfg, out, plan, next_round, trial_ids, workloads, ruleset, tuner, *,
                 executor, jobs, trial_fn, progress, command) -> RunResult:
     """The part of :func:`run_benchmark` that writes into ``out`` (under its lock)."""
+    protocol = get_protocol(cfg.protocol)  # checked by run_benchmark already
     run_path = out / "run.json"
     config = cfg.to_json()
     if run_path.exists():
@@ -572,6 +595,11 @@ def _run_locked(cfg, out, plan, next_round, trial_ids, workloads, ruleset, tuner
         info = {"config": config, "sessions": []}
     info["workloads"] = workloads
     info["ruleset"] = asdict(ruleset)
+    if protocol.name != "optforge":
+        from optforge.bench.workloads import list_workloads
+
+        info["protocol"] = {**protocol.to_json(),
+                            "base_workloads": list_workloads(include_held_out=False)}
     if tuner is not None:
         info["tuner"] = tuner.describe()
     info["trial_ids"] = trial_ids
