@@ -244,7 +244,7 @@ def test_module_attribute_form(tmp_path, monkeypatch) -> None:
     (lambda d: (d / "bad.py").write_text("def (:\n") and str(d / "bad.py"), "SyntaxError"),
     (lambda d: (d / "part.py").write_text("def get_batch_size(n):\n  return 8\n")
      and str(d / "part.py"), "does not define init_optimizer_state, update_params"),
-    (lambda d: "no_such_module_xyz:attr", "cannot load submission"),
+    (lambda d: "no_such_module_xyz:attr", "cannot import 'no_such_module_xyz'"),
 ])
 def test_bad_submission_file_exits_2_with_one_line(tmp_path, capsys, make, match) -> None:
     ref = make(tmp_path)

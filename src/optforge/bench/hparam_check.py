@@ -57,6 +57,10 @@ DOMAINS: dict[str, tuple[float, float, bool, bool]] = {
 }
 
 
+#: names that go to the model and loss (AlgoPerf's), accepted by every built-in submission.
+_WORKLOAD_SIDE = frozenset({"dropout_rate", "aux_dropout_rate", "label_smoothing"})
+
+
 def _interval(name: str) -> str:
     lo, hi, lo_in, hi_in = DOMAINS[name]
     return f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
@@ -127,8 +131,11 @@ def check_search_space(sub_name: str, submission: Any, space: SearchSpace, *,
     Raises:
         SearchSpaceError: one line naming ``where``, the hyperparameter and the value.
     """
+    from optforge.bench.preflight import check_names
     from optforge.bench.submission import RegistrySubmission
 
+    names = set(space.ranges or {}) | {n for p in (space.points or []) for n in p}
+    check_names(sub_name, submission, names, also_known=_WORKLOAD_SIDE)
     _check_values(space, where)
     if not isinstance(submission, RegistrySubmission):
         return  # a submission file may read any name; its values were checked above

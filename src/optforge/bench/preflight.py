@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["check_configurations", "known_hparams"]
+__all__ = ["check_configurations", "check_names", "known_hparams"]
 
 # Set by the recipe itself (from learning_rate, weight_decay, beta1/beta2...), never by name.
 _SET_BY_RECIPE = {"params", "lr", "weight_decay", "betas", "momentum"}
@@ -38,7 +38,7 @@ def known_hparams(submission: Any) -> set[str] | None:
     from optforge.bench.submission import _RECIPE_KEYS, RegistrySubmission
 
     if isinstance(submission, RegistrySubmission):
-        from optforge.optim.registry import get_optimizer_entry
+        from optforge.registry import get_optimizer_entry
 
         try:
             sig = inspect.signature(get_optimizer_entry(submission.optimizer).factory)
@@ -54,6 +54,24 @@ def known_hparams(submission: Any) -> set[str] | None:
     return declared or None
 
 
+def check_names(
+    name: str, submission: Any, names: Iterable[str], also_known: Iterable[str] = ()
+) -> None:
+    """Raise ValueError for the first hyperparameter name ``submission`` does not know."""
+    known = known_hparams(submission)
+    if known is None:
+        return
+    known = known | set(also_known)
+    unknown = sorted(set(names) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"submission {name!r} has no hyperparameter {unknown[0]!r}"
+            f"{hint}; it knows {', '.join(sorted(known))}"
+        )
+
+
 class _Probe:
     """The part of a workload the registry recipe reads, around a tiny linear model."""
 
@@ -61,8 +79,8 @@ class _Probe:
     step_budget = 10
 
     @staticmethod
-    def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        return model(batch).square().mean()
+    def loss(model: nn.Module, batch: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        return model(batch).square().mean()  # Workload.loss's signature; smoothing is moot
 
 
 def _dry_run(submission: Any, hparams: Mapping[str, Any]) -> None:
@@ -79,21 +97,14 @@ def check_configurations(
 ) -> None:
     """Raise ValueError naming the submission, the hyperparameter and the value at the first
     configuration (of ``configs[submission name]``) that a trial would refuse."""
+    from optforge.bench.hparam_check import _WORKLOAD_SIDE
     from optforge.bench.submission import RegistrySubmission
 
     for name, sub_configs in configs.items():
         sub = submissions[name]
-        known = known_hparams(sub)
         seen: set[str] = set()
         for hp in sub_configs:
-            unknown = sorted(set(hp) - known) if known is not None else []
-            if unknown:
-                close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(
-                    f"submission {name!r} has no hyperparameter {unknown[0]!r}"
-                    f"{hint}; it knows {', '.join(sorted(known))}"
-                )
+            check_names(name, sub, set(hp), also_known=_WORKLOAD_SIDE)
             key = json.dumps(hp, sort_keys=True, default=repr)
             if not isinstance(sub, RegistrySubmission) or key in seen:
                 continue

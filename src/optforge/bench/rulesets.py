@@ -195,7 +195,11 @@ def plan_trials(
     if rules.eval_by_time:
         from optforge.bench.algoperf.workload import eval_period_time_sec
 
-        periods = {w: eval_period_time_sec(w) for w in workloads}
+        for w in workloads:
+            try:
+                periods[w] = eval_period_time_sec(w)
+            except ValueError:  # a user's own workload: no AlgoPerf cadence, evaluate by steps
+                periods[w] = None
     plan: list[PlannedTrial] = []
     for sub_name, sub in submissions.items():
         defaults = dict(getattr(sub, "default_hparams", {}) or {})
