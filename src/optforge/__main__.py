@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_USAGE = """usage: optforge <command> [options]
+_USAGE = """usage: optforge <command> [options] | optforge --version
 
 commands:
   bench    AlgoPerf-style benchmark of training algorithms
@@ -26,6 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_USAGE, end="")
         return 0 if argv else 2
+    if argv[0] in ("--version", "-V"):
+        from optforge import __version__
+
+        print(f"optforge {__version__}")
+        return 0
     if argv[0] == "bench":
         from optforge.bench.cli import bench_main
 

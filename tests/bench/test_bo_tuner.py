@@ -344,7 +344,11 @@ def test_cli_tuner_flag(extra, want, monkeypatch, tmp_path):
     assert main(argv) == 0
     assert (seen["cfg"].tuner, seen["cfg"].tuner_batch) == want
     if want[0] == "halton":
-        assert seen["cfg"].to_json() == BenchConfig(["click_ctr"], ["adamw"]).to_json()
+        # `run` scores by AlgoPerf's protocol unless told otherwise (issue 11)
+        want_cfg = BenchConfig(["click_ctr"], ["adamw"], protocol="algoperf")
+        assert seen["cfg"].to_json() == want_cfg.to_json()
+    else:
+        assert seen["cfg"].protocol == "optforge"  # BO is not AlgoPerf's procedure
 
 
 @pytest.mark.parametrize(("extra", "match", "space"), [

@@ -129,3 +129,19 @@ def test_end_to_end_tiny_run_and_resume(capsys, tmp_path):
     assert "0 trial(s) run, 4 already recorded" in capsys.readouterr().out
     assert main(["bench", "report", str(out)]) == 0
     assert "report:" in capsys.readouterr().out
+
+
+def test_no_time_budget_reaches_every_trial_and_the_report(capsys, tmp_path):
+    out = tmp_path / "out"
+    argv = ["bench", "run", "--workloads", "click_ctr", "--submissions", "adamw", "--ruleset",
+            "self", "--studies", "1", "--max-steps", "5", "--no-time-budget", "--jobs", "0",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["config"]["time_budgets"] is False
+    (rec,) = [json.loads(p.read_text()) for p in (out / "trials").glob("*.json")]
+    assert rec["time_budget"] is False and rec["time_budget_s"] is None
+    assert "time budgets off" in (out / "report.md").read_text()
+    # a run with time budgets is another configuration
+    assert main([a for a in argv if a != "--no-time-budget"]) == 2
+    assert "different configuration (time_budgets)" in capsys.readouterr().err

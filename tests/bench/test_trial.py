@@ -72,8 +72,9 @@ def test_runs_in_a_process_pool() -> None:
 @pytest.mark.parametrize("name", list_workloads(include_held_out=False))
 def test_baseline_reaches_the_committed_target(name: str) -> None:
     # the calibration behind each target (see optforge.bench.workloads): 5-30 s per workload;
-    # steps to target are deterministic for a seed, so a retuned workload fails here first
-    rec = run_trial(TrialSpec(name, "nadamw", {}, seed=0))
+    # steps to target are deterministic for a seed, so a retuned workload fails here first;
+    # step-only budgets, so that a loaded machine cannot cut the trial short
+    rec = run_trial(TrialSpec(name, "nadamw", {}, seed=0, time_budget=False))
     assert rec["status"] == "ok", rec.get("error")
     assert rec["reached_target"], (rec["best_metric"], rec["target"])
     assert rec["steps_to_target"] <= 0.75 * rec["step_limit"]
@@ -301,3 +302,47 @@ def test_non_finite_metric_is_divergence(clocked) -> None:
     assert rec["curve"][-1]["metric"] is None  # NaN written as null: strict JSON
     assert rec["final_metric"] == 0.1
     json.dumps(rec, allow_nan=False)
+
+
+def test_evaluation_cadence_by_training_time(clocked) -> None:
+    """AlgoPerf's cadence: the first step is evaluated, then once eval_period_s of training
+    time (prepare_for_eval included, evaluation excluded) has passed since the last one."""
+    clock, cfg = clocked
+    rec = _run(cfg, clock, eval_period_s=3.0, max_steps=8)
+    # train time after step k is 1.25 k + 0.5 per earlier prepare_for_eval
+    assert [c["step"] for c in rec["curve"]] == [1, 4, 7, 8]
+    assert [c["train_time_s"] for c in rec["curve"]] == pytest.approx([1.75, 6.0, 10.25, 12.0])
+    assert rec["eval_period_s"] == 3.0
+
+
+# --------------------------------------------------------------------------- step-only budgets
+
+
+class LoadedClock:
+    """A machine so loaded that every clock reading is 2 s later than the one before."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 2.0
+        return self.t
+
+
+def test_step_only_mode_gives_the_same_steps_on_a_loaded_and_a_quiet_machine() -> None:
+    spec = TrialSpec("illcond_regression", "adamw", {}, seed=0, max_steps=200)
+    quiet = run_trial(spec)
+    loaded = run_trial(spec, clock=LoadedClock())
+    # With the time budget (60 s) a loaded machine cuts the trial short, and says so.
+    assert quiet["stop_reason"] == "max_steps" and quiet["steps"] == 200
+    assert loaded["stop_reason"] == "time_budget" and loaded["steps"] < 200
+
+    step_only = TrialSpec("illcond_regression", "adamw", {}, seed=0, max_steps=200,
+                          time_budget=False)
+    a, b = run_trial(step_only), run_trial(step_only, clock=LoadedClock())
+    assert a["status"] == b["status"] == "ok" and a["time_budget"] is False
+    assert a["time_budget_s"] is None and a["train_time_s"] < b["train_time_s"]
+    for key in ("steps", "stop_reason", "steps_to_target", "best_metric"):
+        assert a[key] == b[key] == quiet[key], key
+    assert [(p["step"], p["metric"]) for p in a["curve"]] == \
+        [(p["step"], p["metric"]) for p in b["curve"]]

@@ -6,6 +6,11 @@
 - one timed trial (``trial``); Halton search spaces and tuning rulesets (``halton``,
   ``search_space``, ``rulesets``); trials through any executor with resume (``study``);
 - performance profiles and the benchmark score (``scoring``); Markdown reports (``report``);
+  the trials as a CSV or a pandas DataFrame (``results``);
+- safety of a run: the output folder's lock (``lock``), damaged records (``records``), checks
+  before any trial (``preflight``), per-trial step progress (``progress``);
+- where trials run (``executors``: local pool, Dask, Ray) and user code by ``module:attr``
+  (``plugins``);
 - the command ``optforge bench`` (``cli``).
 
 Example:
@@ -15,6 +20,7 @@ Example:
 
 from optforge.bench.halton import generate_sequence
 from optforge.bench.report import summarize, write_report
+from optforge.bench.results import load_results
 from optforge.bench.rulesets import Ruleset, aggregate, external_tuning, plan_trials, self_tuning
 from optforge.bench.scoring import (
     Profile,
@@ -63,6 +69,7 @@ __all__ = [
     "get_workload",
     "list_submissions",
     "list_workloads",
+    "load_results",
     "load_search_space",
     "parse_search_space",
     "performance_profile",

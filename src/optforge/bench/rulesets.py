@@ -118,6 +118,8 @@ class PlannedTrial:
     budget_scale: float = 1.0
     torch_threads: int = 1
     max_steps: int | None = None
+    time_budget: bool = True
+    eval_period_s: float | None = None
 
     def spec_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`optforge.bench.trial.TrialSpec` (its fields, read here)."""
@@ -165,6 +167,7 @@ def plan_trials(
     search_space: SearchSpace | None = None,
     torch_threads: int = 1,
     max_steps: int | None = None,
+    protocol: str = "optforge",
 ) -> list[PlannedTrial]:
     """Every trial of a run, in a fixed order (workload, submission, study, trial).
 
@@ -178,10 +181,25 @@ def plan_trials(
         search_space: overrides every submission's built-in space (external tuning only).
         torch_threads: torch intra-op threads of each trial.
         max_steps: optional cap on steps per trial (smoke tests; recorded).
+        protocol: ``"algoperf"`` gives the trials of a study one seed and evaluates by
+            training time (:mod:`optforge.bench.algoperf.protocol`); ``"optforge"`` one seed
+            per trial and evaluations by steps.
 
     Under external tuning a sampled configuration is laid over the submission's defaults, so a
     space may tune a subset of the hyperparameters.
     """
+    from optforge.bench.algoperf.protocol import get_protocol
+
+    rules = get_protocol(protocol)
+    periods: dict[str, float | None] = {w: None for w in workloads}
+    if rules.eval_by_time:
+        from optforge.bench.algoperf.workload import eval_period_time_sec
+
+        for w in workloads:
+            try:
+                periods[w] = eval_period_time_sec(w)
+            except ValueError:  # a user's own workload: no AlgoPerf cadence, evaluate by steps
+                periods[w] = None
     plan: list[PlannedTrial] = []
     for sub_name, sub in submissions.items():
         defaults = dict(getattr(sub, "default_hparams", {}) or {})
@@ -201,10 +219,12 @@ def plan_trials(
                             study=j,
                             trial=i,
                             hparams={**defaults, **cfg},
-                            seed=trial_seed(seed, j, i),
+                            # AlgoPerf's runner draws one seed per study for all its trials
+                            seed=trial_seed(seed, j, 0 if rules.shared_study_seed else i),
                             budget_scale=ruleset.budget_scale,
                             torch_threads=torch_threads,
                             max_steps=max_steps,
+                            eval_period_s=periods[wl],
                         )
                     )
     order = {w: k for k, w in enumerate(workloads)}

@@ -85,15 +85,22 @@ def _ratios(t: np.ndarray, subs: list[str], reference: str | None, r_max: float)
     # Reference step 1: the 4x cut-off uses the per-workload best, whatever the denominator.
     with np.errstate(invalid="ignore"):
         t[t > r_max * best] = np.inf
+    return divide_times(t, t.min(axis=0), subs, reference)
+
+
+def divide_times(t: np.ndarray, best: np.ndarray, subs: list[str],
+                 reference: str | None) -> np.ndarray:
+    """``t`` over ``best`` (or over the ``reference`` submission's row), keeping ``t`` where
+    the ratio is NaN, as the reference's ``DataFrame.update`` does (so ``inf / inf`` stays
+    ``inf``, and a missing time, NaN, stays NaN)."""
     if reference is None:
-        denom = t.min(axis=0)
+        denom = best
     else:
         if reference not in subs:
             raise ValueError(f"reference must be one of {subs} (got {reference!r})")
         denom = t[subs.index(reference)]
     with np.errstate(invalid="ignore", divide="ignore"):
         r = t / denom
-    # DataFrame.update skips NaN: inf / inf leaves the original time (inf) in place.
     return np.where(np.isnan(r), t, r)
 
 
@@ -160,10 +167,17 @@ def performance_profile(
     n = len(wls) if num_workloads is None else num_workloads
     if n < 1 or n < len(wls):
         raise ValueError(f"num_workloads must be >= {max(1, len(wls))} (got {n})")
-    r = _ratios(t, subs, reference, r_max)
+    return profile_from_ratios(_ratios(t, subs, reference, r_max), subs, wls, n,
+                               r_max=r_max, num_points=num_points)
+
+
+def profile_from_ratios(r: np.ndarray, subs: list[str], wls: list[str], n: int, *,
+                        r_max: float = R_MAX, num_points: int = NUM_POINTS) -> Profile:
+    """``rho`` on ``num_points`` taus in ``[1, r_max]`` (``n`` workloads), trapezoid scores."""
     taus = np.linspace(1.0, r_max, num=num_points)
-    # (S, W, 1) <= (P,) -> (S, W, P); NaN never counts (it cannot occur after _ratios).
-    rho = (r[:, :, None] <= taus[None, None, :]).sum(axis=1) / n
+    # (S, W, 1) <= (P,) -> (S, W, P); NaN never counts.
+    with np.errstate(invalid="ignore"):
+        rho = (r[:, :, None] <= taus[None, None, :]).sum(axis=1) / n
     area = _trapezoid(rho, x=taus, axis=1) / (taus.max() - taus.min())
     return Profile(
         taus=taus,

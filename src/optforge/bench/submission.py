@@ -32,9 +32,15 @@ from optforge._validation import check_in_range, check_non_negative, check_posit
 from optforge.bench.workload import Workload
 
 __all__ = [
-    "RegistrySubmission", "Submission", "cosine_warmup_factor", "get_submission",
-    "list_submissions", "register_submission",
+    "WORKLOAD_HPARAMS", "RegistrySubmission", "Submission", "TrainingComplete",
+    "cosine_warmup_factor",
+    "get_submission", "list_submissions", "register_submission",
 ]
+
+
+class TrainingComplete(Exception):
+    """Raised by ``update_params`` to end the run: the runner evaluates once more and stops
+    (AlgoPerf's ``spec.TrainingCompleteError``)."""
 
 
 class Submission:
@@ -98,6 +104,16 @@ class Submission:
             cache[workload.name] = self.get_batch_size(workload.name)
         return workload.train_batch(global_step, seed, cache[workload.name])
 
+    def model_for_eval(self, model: nn.Module, optimizer_state: Any) -> nn.Module:
+        """The model to evaluate: ``model`` unless the submission swapped in another (an
+        AlgoPerf file returns its parameter container from each call)."""
+        return model
+
+    def observe(self, optimizer_state: Any, *, step: int, train_time_s: float,
+                evaluation: Mapping[str, float] | None = None) -> None:
+        """Told after each step (and each evaluation) how far the run is; nothing by default
+        (AlgoPerf files read it as ``train_state`` and ``eval_results``)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
@@ -117,9 +133,12 @@ def cosine_warmup_factor(step: int, step_hint: float, warmup_factor: float) -> f
     return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
+#: AlgoPerf's workload-side hyperparameters: the runner gives the dropout rates to the model
+#: and the submission gives ``label_smoothing`` to the loss; never to an optimizer.
+WORKLOAD_HPARAMS = ("dropout_rate", "aux_dropout_rate", "label_smoothing")
 #: Hyperparameters the recipe itself consumes; every other key goes to the optimizer.
 _RECIPE_KEYS = ("learning_rate", "weight_decay", "warmup_factor", "grad_clip_norm",
-                "step_hint_factor", "one_minus_beta1", "beta1", "beta2")
+                "step_hint_factor", "one_minus_beta1", "beta1", "beta2", *WORKLOAD_HPARAMS)
 
 
 class RegistrySubmission(Submission):
@@ -133,6 +152,9 @@ class RegistrySubmission(Submission):
         one_minus_beta1 or beta1, and beta2: momentum coefficients; with
             ``momentum_style="momentum"`` beta1 becomes SGD's ``momentum`` (beta2 is refused).
         grad_clip_norm: clip the global gradient norm to this value; absent, None or 0: off.
+        label_smoothing: passed to the workload's loss (AlgoPerf's workload-side
+            hyperparameter; ``dropout_rate`` and ``aux_dropout_rate`` go to the model, set by
+            the runner).
         anything else: passed to the optimizer's constructor as is (e.g. ``eps``).
 
     Args:
@@ -217,7 +239,7 @@ class RegistrySubmission(Submission):
         opt: torch.optim.Optimizer = optimizer_state["optimizer"]
         model.train()
         opt.zero_grad(set_to_none=True)
-        loss = workload.loss(model, batch)
+        loss = workload.loss(model, batch, hparams.get("label_smoothing", 0.0))
         loss.backward()
         if optimizer_state["grad_clip_norm"] is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), optimizer_state["grad_clip_norm"])
@@ -313,9 +335,19 @@ def list_submissions() -> list[str]:
 def get_submission(name: str) -> Submission:
     """A fresh instance of the submission called ``name``.
 
+    A path to an AlgoPerf submission file (``*.py``) or ``module:attribute`` loads that
+    submission (:class:`optforge.bench.algoperf.submission.AlgoPerfSubmission`).
+
     Raises:
-        ValueError: for an unknown name; the message lists the known ones.
+        ValueError: for an unknown name (the message lists the known ones) or a submission file
+            that cannot be loaded.
     """
+    from optforge.bench.algoperf.loader import is_submission_ref
+
+    if name not in _REGISTRY and is_submission_ref(name):
+        from optforge.bench.algoperf.submission import AlgoPerfSubmission
+
+        return AlgoPerfSubmission(name)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from optforge._seeding import generator_for
+from optforge._seeding import derive_seed, generator_for
 from optforge._validation import check_positive
 
 __all__ = ["TrialSpec", "run_trial"]
@@ -43,6 +43,7 @@ __all__ = ["TrialSpec", "run_trial"]
 # Per-step streams, as AlgoPerf splits the step's key (card §2): data selection, update,
 # prepare-for-eval, evaluation. Data selection uses the workload's (seed, step) order itself.
 _RNG_INIT, _RNG_UPDATE = 0, 1
+_RNG_GLOBAL = 0x44524F50  # "DROP": torch's global RNG during the trial (dropout)
 
 
 @dataclass
@@ -57,6 +58,11 @@ class TrialSpec:
         torch_threads: ``torch.set_num_threads`` for the trial (recorded with the result).
         budget_scale: multiplies the step and time budgets (1.5 in the self-tuning ruleset).
         max_steps: an extra cap on steps (quick runs, tests); None: the step budget only.
+        time_budget: False turns the time budget off, so that a trial stops at its target or
+            step budget only and its steps to target do not depend on the machine's speed.
+        eval_period_s: evaluate once this much training time has passed since the last
+            evaluation (AlgoPerf's cadence, ``eval_period_time_sec``; the first step is always
+            evaluated); None: every ``eval_every_steps`` steps.
     """
 
     workload: str
@@ -66,6 +72,8 @@ class TrialSpec:
     torch_threads: int = 1
     budget_scale: float = 1.0
     max_steps: int | None = None
+    time_budget: bool = True
+    eval_period_s: float | None = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -99,12 +107,14 @@ def _environment(threads: int) -> dict[str, Any]:
     }
 
 
-def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run one trial and return its JSON-able record (never raises for a failed trial).
 
     Args:
         spec: the trial.
         clock: seconds as a float; injectable so tests can drive time (``time.perf_counter``).
+        progress: called as ``progress(step, step_limit)`` after every step, off the clock.
 
     Returns:
         A dict with every ``TrialSpec`` field (as given), ``hparams_used`` (the submission's
@@ -114,9 +124,11 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
         ``train_time_s`` (submission time, evaluation excluded), ``eval_time_s``,
         ``final_metric``, ``best_metric``, ``curve`` (one ``{"step", "train_time_s", "metric",
         "train_loss"}`` per evaluation), ``steps``, ``stop_reason`` (``"target"``,
-        ``"step_budget"``, ``"time_budget"``, ``"max_steps"``, ``"diverged"`` or ``"error"``),
+        ``"step_budget"``, ``"time_budget"``, ``"max_steps"``, ``"complete"`` (the submission
+        ended the run), ``"diverged"`` or ``"error"``),
         ``stop_detail`` (what diverged, else None), the workload's
-        ``metric_name``, ``higher_is_better``, ``target`` and budgets, ``batch_size`` and the
+        ``metric_name``, ``higher_is_better``, ``target`` and budgets (``time_budget_s`` None when
+        the time budget is off), ``batch_size`` and the
         environment (``torch_threads``, ``torch_version``, ``python``, ``platform``).
         Non-finite numbers are written as None so the record is strict JSON.
     """
@@ -135,7 +147,10 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
             raise ValueError(f"torch_threads must be an integer >= 1 (got {spec.torch_threads!r})")
         torch.set_num_threads(spec.torch_threads)
         record.update(_environment(torch.get_num_threads()))
-        _train(spec, clock, record)
+        # Dropout draws from the global RNG: seed it per trial (and restore it afterwards).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(spec.seed, _RNG_GLOBAL))
+            _train(spec, clock, record, progress)
     except Exception as exc:  # a failed trial is a result, not a crash of the whole study
         record["status"], record["stop_reason"] = "error", "error"
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -145,14 +160,23 @@ def run_trial(spec: TrialSpec, clock: Callable[[], float] = time.perf_counter) -
     return record
 
 
-def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) -> None:
-    from optforge.bench.submission import get_submission
+def _rate(hparams: Mapping[str, Any] | None, name: str) -> float | None:
+    """A workload-side dropout rate from the configuration (AlgoPerf's runner reads
+    ``hyperparameters.dropout_rate`` where it exists)."""
+    return None if not hparams or hparams.get(name) is None else float(hparams[name])
+
+
+def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any],
+           progress: Callable[[int, int], None] | None = None) -> None:
+    from optforge.bench.submission import TrainingComplete, get_submission
     from optforge.bench.workload import reached
     from optforge.bench.workloads import get_workload
 
     check_positive("budget_scale", spec.budget_scale)
     if spec.max_steps is not None and spec.max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 or None (got {spec.max_steps})")
+    if spec.eval_period_s is not None:
+        check_positive("eval_period_s", spec.eval_period_s)
     workload = get_workload(spec.workload)
     submission = get_submission(spec.submission)
     # empty hparams: the submission's defaults (self-tuning, quick runs)
@@ -160,16 +184,17 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
     record["hparams_used"] = _jsonable(hparams)
     budget_steps = math.ceil(workload.step_budget * spec.budget_scale)
     step_limit = budget_steps if spec.max_steps is None else min(budget_steps, spec.max_steps)
-    time_budget = workload.time_budget_s * spec.budget_scale
+    time_budget = workload.time_budget_s * spec.budget_scale if spec.time_budget else math.inf
     record.update({
         "data_hash": workload.data_hash(), "metric_name": workload.metric_name,
         "higher_is_better": workload.higher_is_better, "target": workload.target,
-        "step_limit": step_limit, "time_budget_s": time_budget,
+        "step_limit": step_limit, "time_budget_s": _finite(time_budget),
         "batch_size": submission.get_batch_size(workload.name),
     })
 
     # Off the clock: model initialization and optimizer state (AlgoPerf's init phase).
-    model = workload.init_model(spec.seed)
+    model = workload.init_model(spec.seed, dropout_rate=_rate(hparams, "dropout_rate"),
+                                aux_dropout_rate=_rate(hparams, "aux_dropout_rate"))
     opt_state = submission.init_optimizer_state(
         workload, model, hparams, generator_for("cpu", spec.seed, _RNG_INIT))
 
@@ -178,6 +203,8 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
     curve: list[dict[str, Any]] = []
     status, stop_reason = "ok", "step_budget"
     step = 0
+    complete = False  # the submission ended the run (AlgoPerf's TrainingCompleteError)
+    last_eval_time = -math.inf  # training time at the last evaluation (time cadence)
     last_end = clock()
     while True:
         batch = submission.data_selection(workload, hparams, opt_state, step, spec.seed)
@@ -191,9 +218,14 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
             status, stop_reason = "diverged", "diverged"
             record["stop_detail"] = f"step {step}: {exc}"
             break
+        except TrainingComplete:
+            complete = True
         step_end = clock()
         train_time += step_end - last_end
         step += 1
+        submission.observe(opt_state, step=step, train_time_s=train_time)
+        if progress is not None:
+            progress(step, step_limit)
 
         loss = opt_state.get("loss") if isinstance(opt_state, dict) else None
         if loss is not None and not math.isfinite(float(loss)):
@@ -201,8 +233,12 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
             record["stop_detail"] = f"step {step}: training loss {float(loss)}"
             break
         out_of_time = train_time >= time_budget
-        last = step >= step_limit or out_of_time
-        if step % workload.eval_every_steps == 0 or last:
+        last = step >= step_limit or out_of_time or complete
+        if spec.eval_period_s is None:
+            due = step % workload.eval_every_steps == 0
+        else:
+            due = train_time - last_eval_time >= spec.eval_period_s
+        if due or last:
             t0 = clock()
             opt_state = submission.prepare_for_eval(workload, model, hparams, opt_state, step)
             train_time += clock() - t0
@@ -210,10 +246,14 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
                 stop_reason = "time_budget"
                 break
             t0 = clock()  # --- clock paused: evaluation and logging
-            metric = workload.evaluate(model)
-            train_loss = workload.train_eval_loss(model)
+            eval_model = submission.model_for_eval(model, opt_state)
+            metric = workload.evaluate(eval_model)
+            train_loss = workload.train_eval_loss(eval_model)
             curve.append({"step": step, "train_time_s": train_time,
                           "metric": _finite(metric), "train_loss": _finite(train_loss)})
+            last_eval_time = train_time
+            submission.observe(opt_state, step=step, train_time_s=train_time,
+                               evaluation=curve[-1])
             eval_time += clock() - t0
             if not (math.isfinite(metric) and math.isfinite(train_loss)):
                 status, stop_reason = "diverged", "diverged"
@@ -229,7 +269,9 @@ def _train(spec: TrialSpec, clock: Callable[[], float], record: dict[str, Any]) 
                 stop_reason = "target"
                 break
         if last:
-            if out_of_time:
+            if complete:
+                stop_reason = "complete"
+            elif out_of_time:
                 stop_reason = "time_budget"
             elif step < budget_steps:
                 stop_reason = "max_steps"

@@ -27,11 +27,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from optforge._seeding import derive_seed, generator_for
 
-__all__ = ["Workload", "epoch_indices", "reached", "seeded_init"]
+__all__ = ["RateDropout", "Workload", "epoch_indices", "reached", "seeded_init",
+           "set_dropout_rates"]
 
 # Tags folded into the (seed, step) keys so the streams of one trial never coincide.
 _TAG_MODEL_INIT = 0x4D4F44454C  # "MODEL"
@@ -94,7 +96,7 @@ class Workload(abc.ABC):
         """The training batch made of the training examples at ``indices``."""
 
     @abc.abstractmethod
-    def _loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def _loss(self, model: nn.Module, batch: Any, label_smoothing: float = 0.0) -> torch.Tensor:
         """Mean training loss of ``model`` on ``batch``."""
 
     @abc.abstractmethod
@@ -125,10 +127,17 @@ class Workload(abc.ABC):
             self._hash = h.hexdigest()
         return self._hash
 
-    def init_model(self, seed: int) -> nn.Module:
-        """The initial model, a pure function of ``seed`` (the global RNG is left untouched)."""
+    def init_model(self, seed: int, *, dropout_rate: float | None = None,
+                   aux_dropout_rate: float | None = None) -> nn.Module:
+        """The initial model, a pure function of ``seed`` (the global RNG is left untouched).
+
+        ``dropout_rate`` and ``aux_dropout_rate`` are AlgoPerf's workload-side
+        hyperparameters (None or 0: no dropout, the calibrated model); see
+        :func:`set_dropout_rates` for where each model applies them.
+        """
         with seeded_init(seed, _TAG_MODEL_INIT):
             model = self._make_model()
+        set_dropout_rates(model, dropout_rate, aux_dropout_rate)
         return model.train()
 
     def train_batch(self, step: int, seed: int, batch_size: int) -> Any:
@@ -145,9 +154,15 @@ class Workload(abc.ABC):
         idx = epoch_indices(self.num_train_examples, seed, step * batch_size, batch_size)
         return self._batch(idx)
 
-    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        """Mean loss of ``model`` on ``batch``, without regularization (differentiable)."""
-        return self._loss(model, batch)
+    def loss(self, model: nn.Module, batch: Any, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean loss of ``model`` on ``batch``, without regularization (differentiable).
+
+        ``label_smoothing`` is AlgoPerf's workload-side hyperparameter; regression losses
+        ignore it, as AlgoPerf's fastMRI ``loss_fn`` does.
+        """
+        if not label_smoothing:  # workloads written before label smoothing take two arguments
+            return self._loss(model, batch)
+        return self._loss(model, batch, label_smoothing)
 
     def evaluate(self, model: nn.Module) -> float:
         """Validation metric, computed in eval mode without gradients; restores the mode."""
@@ -202,6 +217,44 @@ def reached(workload: Workload, metric: float) -> bool:
     if metric != metric or metric in (float("inf"), float("-inf")):
         return False
     return metric >= workload.target if workload.higher_is_better else metric <= workload.target
+
+
+class RateDropout(nn.Module):
+    """Dropout whose rate is set after construction (no parameters, so adding one to a model
+    leaves its ``state_dict`` and its seeded initialization unchanged); rate 0 is a no-op that
+    draws no random numbers.
+
+    ``aux`` marks AlgoPerf's auxiliary dropout (attention dropout in the Transformer).
+    """
+
+    def __init__(self, aux: bool = False) -> None:
+        super().__init__()
+        self.p, self.aux = 0.0, aux
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        return F.dropout(x, self.p, training=True)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, aux={self.aux}"
+
+
+def set_dropout_rates(model: nn.Module, dropout_rate: float | None,
+                      aux_dropout_rate: float | None = None) -> None:
+    """Set every :class:`RateDropout` of ``model``: ``aux`` ones to ``aux_dropout_rate``, the
+    others to ``dropout_rate`` (None: 0, AlgoPerf's default where a workload has no default).
+
+    Raises:
+        ValueError: a rate outside ``[0, 1)``.
+    """
+    for name, rate in (("dropout_rate", dropout_rate), ("aux_dropout_rate", aux_dropout_rate)):
+        if rate is not None and not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1) (got {rate!r})")
+    for m in model.modules():
+        if isinstance(m, RateDropout):
+            rate = aux_dropout_rate if m.aux else dropout_rate
+            m.p = float(rate or 0.0)
 
 
 @contextlib.contextmanager
@@ -261,11 +314,31 @@ def activation(name: str) -> nn.Module:
     return table[name]()
 
 
+class _MLP(nn.Sequential):
+    """``nn.Sequential`` of linear layers and activations, with a :class:`RateDropout` after
+    each activation (one parameter-free child, ``drop``, so parameter names stay ``0.weight``,
+    ``2.weight``, ...)."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        self.drop = RateDropout()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self._modules.values():
+            if layer is self.drop:
+                continue
+            x = layer(x)
+            if not isinstance(layer, nn.Linear):
+                x = self.drop(x)
+        return x
+
+
 def mlp(sizes: Sequence[int], act: str) -> nn.Sequential:
-    """Linear layers of the given widths with ``act`` between them (none after the last)."""
+    """Linear layers of the given widths with ``act`` between them (none after the last), and
+    a :class:`RateDropout` after each activation."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(activation(act))
-    return nn.Sequential(*layers)
+    return _MLP(*layers)

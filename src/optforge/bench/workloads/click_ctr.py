@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from optforge._seeding import generator_for
-from optforge.bench.workload import Workload, chunks
+from optforge.bench.workload import RateDropout, Workload, chunks
 
 __all__ = ["ClickCTR"]
 
@@ -81,6 +81,7 @@ class _DLRMLite(nn.Module):
         n_inter = n_vec * (n_vec - 1) // 2
         self.norm = nn.LayerNorm(n_inter + dim) if layernorm else nn.Identity()
         self.top = nn.Sequential(nn.Linear(n_inter + dim, 64), nn.ReLU(), nn.Linear(64, 1))
+        self.drop = RateDropout()  # in the top MLP, as in AlgoPerf's DLRM
 
     def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         emb = self.embed(cat + self.offsets)  # (batch, fields, dim)
@@ -88,7 +89,8 @@ class _DLRMLite(nn.Module):
         vecs = torch.cat([emb, d[:, None]], 1)  # (batch, fields + 1, dim)
         inter = vecs @ vecs.transpose(1, 2)  # (batch, fields + 1, fields + 1)
         feats = torch.cat([inter[:, self.triu[0], self.triu[1]], d], 1)
-        return self.top(self.norm(feats)).squeeze(1)  # logits, (batch,)
+        hidden = self.drop(self.top[1](self.top[0](self.norm(feats))))
+        return self.top[2](hidden).squeeze(1)  # logits, (batch,)
 
 
 class ClickCTR(Workload):
@@ -148,8 +150,10 @@ class ClickCTR(Workload):
         d = self.data
         return d["cat_train"][indices], d["dense_train"][indices], d["y_train"][indices]
 
-    def _loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def _loss(self, model: nn.Module, batch: Any, label_smoothing: float = 0.0) -> torch.Tensor:
         cat, dense, y = batch
+        # AlgoPerf's Criteo loss smooths binary labels towards 0.5
+        y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
         return F.binary_cross_entropy_with_logits(model(cat, dense), y)
 
     def _metric(self, model: nn.Module) -> float:

@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optforge.bench.workload import Workload, activation, chunks, split_indices
+from optforge.bench.workload import (
+    RateDropout,
+    Workload,
+    activation,
+    chunks,
+    split_indices,
+)
 
 __all__ = ["DigitsCNN"]
 
@@ -47,11 +53,12 @@ class _CNN(nn.Module):
         self.act1, self.act2, self.act3 = activation(act), activation(act), activation(act)
         self.fc1 = nn.Linear(2 * width * 4 * 4, 128)
         self.fc2 = nn.Linear(128, 10)
+        self.drop = RateDropout()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, 1, 8, 8)
         x = self.act1(self.conv1(x))
         x = F.max_pool2d(self.act2(self.conv2(x)), 2)  # (batch, 2*width, 4, 4)
-        return self.fc2(self.act3(self.fc1(x.flatten(1))))
+        return self.fc2(self.drop(self.act3(self.fc1(x.flatten(1)))))
 
 
 class DigitsCNN(Workload):
@@ -101,9 +108,9 @@ class DigitsCNN(Workload):
     def _batch(self, indices: torch.Tensor) -> Any:
         return self.data["x_train"][indices], self.data["y_train"][indices]
 
-    def _loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def _loss(self, model: nn.Module, batch: Any, label_smoothing: float = 0.0) -> torch.Tensor:
         x, y = batch
-        return F.cross_entropy(model(x), y)
+        return F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
 
     def _metric(self, model: nn.Module) -> float:
         x, y = self.data["x_val"], self.data["y_val"]

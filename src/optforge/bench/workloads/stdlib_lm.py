@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optforge.bench.workload import Workload, chunks
+from optforge.bench.workload import RateDropout, Workload, chunks
 
 __all__ = ["STDLIB_FILES", "StdlibCharLM"]
 
@@ -67,11 +67,14 @@ class _Block(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
         self.act = nn.GELU() if act == "gelu" else nn.ReLU()
+        # residual dropout (AlgoPerf's dropout_rate) and attention dropout (aux_dropout_rate)
+        self.drop, self.attn_drop = RateDropout(), RateDropout(aux=True)
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, time, dim)
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (batch, heads, time, hd)
+        p = self.attn_drop.p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (b, h, t, hd)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,10 +82,10 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.post_ln:  # original Transformer (Vaswani et al., 2017) placement
-            x = self.ln1(x + self._attn(x))
-            return self.ln2(x + self._mlp(x))
-        x = x + self._attn(self.ln1(x))  # pre-LN (GPT-2)
-        return x + self._mlp(self.ln2(x))
+            x = self.ln1(x + self.drop(self._attn(x)))
+            return self.ln2(x + self.drop(self._mlp(x)))
+        x = x + self.drop(self._attn(self.ln1(x)))  # pre-LN (GPT-2)
+        return x + self.drop(self._mlp(self.ln2(x)))
 
 
 class _CharTransformer(nn.Module):
@@ -157,9 +160,10 @@ class StdlibCharLM(Workload):
     def _batch(self, indices: torch.Tensor) -> Any:
         return self._windows(self.data["train_text"], indices)
 
-    def _loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def _loss(self, model: nn.Module, batch: Any, label_smoothing: float = 0.0) -> torch.Tensor:
         logits = model(batch[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, _VOCAB), batch[:, 1:].reshape(-1))
+        return F.cross_entropy(logits.reshape(-1, _VOCAB), batch[:, 1:].reshape(-1),
+                               label_smoothing=label_smoothing)
 
     def _metric(self, model: nn.Module) -> float:
         text = self.data["val_text"]
