@@ -277,7 +277,8 @@ class ProjectedOptimizer(FirstOrderOptimizer):
         if group["residual"].startswith("fira"):
             schema["residual.norm"] = _FP32_SCALAR
         if group["natural_history"]:
-            schema["natural.history"] = StateSpec(torch.float32, (group["natural_history"], numel))
+            hist = (group["natural_history"], numel)
+            schema["natural.history"] = StateSpec("at_least_fp32", hist)
             schema["natural.count"] = _COUNTER
         if group["adaptive_gap"]:
             schema["switch.gap"] = _COUNTER
@@ -506,6 +507,6 @@ class ProjectedOptimizer(FirstOrderOptimizer):
             hist.copy_(torch.cat([hist[1:], c.reshape(1, -1)]))
         h = hist[:count].t()  # q×s'
         delta = group["natural_damping"]
-        gram = torch.eye(count, device=c.device) + (h.t() @ h) / delta
+        gram = torch.eye(count, device=c.device, dtype=c.dtype) + (h.t() @ h) / delta
         z = torch.linalg.solve(gram, h.t() @ c)
         return (c / delta - (h @ z) / delta**2).reshape(low.shape)

@@ -9,9 +9,12 @@ Notation: x a tensor flattened to 1-D, B the block (group) size, b the bit width
   ``q`` (``dynamic_map``, the same construction as ``bitsandbytes.functional.create_dynamic_map``);
   ``dequant = q_c·a``. Codes are ``uint8``, ``a`` is fp32 per block.
 * Asymmetric group (Q-GaLore, Zhang et al., 2024): per group, ``s = (max − min)/(2^b − 1)``,
-  ``z = round(−min/s)``; ``c = clamp(round(x/s) + z, 0, 2^b − 1)``, or with stochastic rounding
-  ``⌊x/s⌋ + Bernoulli(frac(x/s))`` (unbiased: E[dequant] = x inside the range);
-  ``dequant = (c − z)·s``. Codes are ``uint8`` (one per value, unpacked, as the official code).
+  ``z = min``; ``c = round((x − z)/s)``, or with stochastic rounding ``⌊y⌋ + Bernoulli(frac(y))``
+  for ``y = (x − z)/s``; ``dequant = c·s + z``. Codes are ``uint8`` (one per value, unpacked,
+  as the official code). The zero point is the group's minimum in fp32, not the official
+  integer ``round(−min/s)``: with an integer zero point the extreme values fall up to half a
+  step outside [0, 2^b − 1] and are clamped, which biases stochastic rounding there; with
+  ``z = min`` every code is in range and E[dequant] = x exactly.
 """
 
 from __future__ import annotations
@@ -108,16 +111,15 @@ def quantize_groupwise(
         groups[-1, last.numel() :] = last[0]
     lo, hi = groups.amin(dim=1), groups.amax(dim=1)
     scale = ((hi - lo) / levels).clamp_min(1e-12)
-    zero = torch.round(-lo / scale)
-    scaled = groups / scale.unsqueeze(1)
+    scaled = (groups - lo.unsqueeze(1)) / scale.unsqueeze(1)  # in [0, levels]
     if generator is None:
         rounded = torch.round(scaled)
     else:
         floor = torch.floor(scaled)
         u = torch.rand(scaled.shape, generator=generator, device=scaled.device)
         rounded = floor + (u < (scaled - floor)).float()
-    codes = (rounded + zero.unsqueeze(1)).clamp_(0, levels)
-    return codes.reshape(-1)[:n].to(torch.uint8), scale, zero
+    codes = rounded.clamp_(0, levels)
+    return codes.reshape(-1)[:n].to(torch.uint8), scale, lo
 
 
 def dequantize_groupwise(
@@ -130,5 +132,5 @@ def dequantize_groupwise(
     pad = (-n) % group_size
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    values = (flat.view(-1, group_size) - zero.unsqueeze(1)) * scale.unsqueeze(1)
+    values = flat.view(-1, group_size) * scale.unsqueeze(1) + zero.unsqueeze(1)
     return values.reshape(-1)[:n].reshape(shape)
