@@ -42,6 +42,17 @@ def llama_stack(dim: int, layers: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(*mods)
 
 
+def llama_chain(dim: int, layers: int) -> torch.nn.Sequential:
+    """The same shapes minus gate, composable in sequence (for a real forward/backward)."""
+    ff = int(2.6875 * dim)
+    mods = []
+    for _ in range(layers):
+        mods += [torch.nn.Linear(dim, dim, bias=False) for _ in range(4)]
+        mods += [torch.nn.Linear(dim, ff, bias=False), torch.nn.Tanh()]
+        mods += [torch.nn.Linear(ff, dim, bias=False), torch.nn.Tanh()]
+    return torch.nn.Sequential(*mods)
+
+
 def state_bytes(opt: torch.optim.Optimizer) -> int:
     return sum(
         t.numel() * t.element_size()
@@ -93,7 +104,7 @@ def measure_state(dim: int, layers: int) -> list[dict]:
 
 def _peak_child(dim: int, layers: int, per_layer: bool) -> None:
     torch.manual_seed(0)
-    model = llama_stack(dim, layers)
+    model = llama_chain(dim, layers)
     x = torch.randn(16, dim)
     rank = dim // 4
 
@@ -131,13 +142,14 @@ def main() -> None:
     parser.add_argument("--peak-dim", type=int, default=1024)
     parser.add_argument("--peak-layers", type=int, default=4)
     parser.add_argument("--child", type=int, default=None)
+    parser.add_argument("--peak-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.child is not None:
         _peak_child(args.dim, args.layers, bool(args.child))
         return
     print(f"| method | rank | state MiB | vs AdamW |  (d={args.dim}, {args.layers} layers)")
-    for row in measure_state(args.dim, args.layers):
+    for row in [] if args.peak_only else measure_state(args.dim, args.layers):
         print(f"| {row['method']} | {row['rank']} | {row['bytes'] / 2**20:.2f} | "
               f"{100 * row['ratio']:.1f}% |")  # fmt: skip
     rows = measure_peak(args.peak_dim, args.peak_layers)

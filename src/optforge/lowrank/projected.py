@@ -314,6 +314,15 @@ class ProjectedOptimizer(FirstOrderOptimizer):
         else:
             update = self._projected_update(p, st, g.reshape(view.m, view.n), view, group, k)
             update = update.reshape(p.shape)
+        if p.dtype == compute and (view is None or group["weight_bits"] is None):
+            # In place: three full-size passes fewer than the general path below (which
+            # measured 2x slower than galore-torch's ordinary step on a 512-wide stack).
+            if group["decay_before_update"] and wd:
+                p.mul_(1 - lr * wd)
+            p.add_(update, alpha=-lr)
+            if not group["decay_before_update"] and wd:
+                p.add_(p, alpha=-lr * wd)
+            return
         w = p.to(compute)
         if group["decay_before_update"]:
             w = w * (1 - lr * wd) - update * lr
