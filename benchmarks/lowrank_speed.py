@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--gap", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-check-finite", action="store_true",
+                        help="skip optforge's gradient finiteness check (galore-torch has none)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     import galore_torch
@@ -34,7 +36,8 @@ def main() -> None:
     group = {"rank": rank, "update_proj_gap": args.gap, "scale": 0.25, "proj_type": "std"}
     models = [llama_stack(args.dim, args.layers) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
-    ours = GaLoreAdamW(models[0].parameters(), lr=1e-3, **group)
+    ours = GaLoreAdamW(models[0].parameters(), lr=1e-3, check_finite=not args.no_check_finite,
+                       **group)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = galore_torch.GaLoreAdamW([{"params": list(models[1].parameters()), **group}],

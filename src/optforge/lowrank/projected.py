@@ -350,7 +350,7 @@ class ProjectedOptimizer(FirstOrderOptimizer):
         x = self._natural(st, low, group) if group["natural_history"] else low
         u, c = self._inner(st, x, group)
         alpha = group["scale"]
-        update = project_back(u, basis, view.side) * alpha
+        update = project_back(u * alpha, basis, view.side)  # α on the small side: one pass less
         rule = group["residual"]
         if rule == "none":
             return update
