@@ -67,3 +67,14 @@ class PlainGaLore:
         self.w = self.w - self.lr * upd
         if not self.decay_first:
             self.w = self.w - self.lr * self.wd * self.w
+
+
+def lowrank_grads(shape, steps, seed=1, dtype=torch.float64):
+    """Rank-4 gradients plus 10% noise: the top-r subspace is well separated."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(shape[0], 4, generator=gen, dtype=torch.float64)
+    return [
+        (a @ torch.randn(4, shape[1], generator=gen, dtype=torch.float64)
+         + 0.1 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
+        for _ in range(steps)
+    ]  # fmt: skip

@@ -11,20 +11,12 @@ import torch
 
 from optforge.lowrank import GaLoreAdamW, ProjectedOptimizer, galore_param_groups
 from optforge.lowrank import projected as projected_module
-from tests.lowrank._reference import PlainGaLore
+from tests.lowrank._reference import PlainGaLore, lowrank_grads
 
 SHAPES = [(64, 32), (32, 64), (48, 48)]
 
 
-def _grads(shape, steps, seed=1, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    # low-rank-ish gradients plus noise, so the top-r subspace is well separated
-    a = torch.randn(shape[0], 4, generator=gen, dtype=torch.float64)
-    return [
-        (a @ torch.randn(4, shape[1], generator=gen, dtype=torch.float64)
-         + 0.1 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
-        for _ in range(steps)
-    ]  # fmt: skip
+_grads = lowrank_grads
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -26,17 +26,9 @@ from optforge.lowrank.quantization import (
     quantize_blockwise,
     quantize_groupwise,
 )
-from tests.lowrank._reference import PlainGaLore, back, proj, svd_basis
+from tests.lowrank._reference import PlainGaLore, back, lowrank_grads, proj, svd_basis
 
-
-def _grads(shape, steps, seed=1, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(shape[0], 4, generator=gen, dtype=torch.float64)
-    return [
-        (a @ torch.randn(4, shape[1], generator=gen, dtype=torch.float64)
-         + 0.1 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
-        for _ in range(steps)
-    ]  # fmt: skip
+_grads = lowrank_grads
 
 
 def _run(opt_cls, w0, grads, **kw):
