@@ -213,6 +213,22 @@ def _register_builtins() -> None:
         description="optforge.optim.LARS (You et al., 2017)",
         capabilities=forge,
     )
+    lowrank = Capabilities(state_dtypes="fp32 moments and bases for 16-bit params; int counters")
+    lowrank_8bit = Capabilities(state_dtypes="uint8 moments + fp32 absmax; fp32 bases; counters")
+    for name, target, description, caps in (
+        ("galore_adamw", "galore:GaLoreAdamW", "GaLore (Zhao et al., 2024)", lowrank),
+        ("galore_adamw8bit", "galore:GaLoreAdamW8bit", "GaLore, 8-bit Adam", lowrank_8bit),
+        ("qgalore_adamw8bit", "qgalore:QGaLoreAdamW8bit", "Q-GaLore (2024)", lowrank_8bit),
+        ("natural_galore_adamw", "natural_galore:NaturalGaLoreAdamW", "Natural GaLore", lowrank),
+        ("fira_adamw", "fira:FiraAdamW", "Fira (Chen et al., 2024)", lowrank),
+        ("frugal", "frugal:FRUGAL", "FRUGAL (Zmushko et al., 2024)", lowrank),
+    ):
+        register_optimizer(
+            name,
+            f"optforge.lowrank.{target}",
+            description=f"optforge.lowrank: {description}",
+            capabilities=caps,
+        )
 
 
 def _nadamw(params: Any, **kwargs: Any) -> Optimizer:

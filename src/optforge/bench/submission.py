@@ -354,3 +354,5 @@ def get_submission(name: str) -> Submission:
         raise ValueError(f"unknown submission {name!r}{hint}; known submissions: "
                          f"{', '.join(list_submissions())}")
     return _REGISTRY[name]()
+
+from optforge.bench import lowrank_submissions as _lowrank_submissions  # noqa: E402,F401

@@ -11,6 +11,14 @@ from typing import Any
 
 import torch
 
+from optforge.lowrank import (
+    FRUGAL,
+    FiraAdamW,
+    GaLoreAdamW,
+    GaLoreAdamW8bit,
+    NaturalGaLoreAdamW,
+    QGaLoreAdamW8bit,
+)
 from optforge.optim import AGVM, LAMB, LARS, GradientNoise, Lion
 from optforge.registry import Capabilities, get_optimizer_entry
 from optforge.testing.conformance import Spec
@@ -114,5 +122,73 @@ SPECS = [
         configs=[{"lr": 0.05, "momentum": 0.9}],
         capabilities=_TORCH_SGD,
         forge=False,
+    ),
+]
+
+
+# -- optforge.lowrank: rank 2 on the suite's 7×3, 3×7 and 4×4 matrices (below min(m, n) on two
+# of them), refreshes every 2 steps so a resume crosses a refresh; the 1-D tensors are plain
+# AdamW. Random bases and stochastic rounding key on the global parameter index: coupled.
+_LOWRANK = {"lr": 1e-2, "rank": 2, "update_proj_gap": 2}
+_LOWRANK_ERRORS = _COMMON_ERRORS + [
+    ({"rank": 0}, ValueError, r"rank must be >= 1 \(got 0\)"),
+    ({"update_proj_gap": 0}, ValueError, r"update_proj_gap must be >= 1"),
+    ({"proj_type": "diag"}, ValueError, r"proj_type must be one of"),
+    ({"projector": "qr"}, ValueError, r"projector must be one of"),
+    ({"betas": (0.9, 1.0)}, ValueError, r"betas\[1\] must be in \[0.0, 1.0\)"),
+    ({"residual": "fira", "proj_type": "full"}, ValueError, r"proj_type='full' has none"),
+    ({"on_switch": "drop"}, ValueError, r"on_switch must be one of"),
+]
+SPECS += [
+    Spec(
+        "galore_adamw",
+        GaLoreAdamW,
+        configs=[
+            _LOWRANK,
+            {**_LOWRANK, "proj_type": "std", "weight_decay": 0.1, "scale": 0.25},
+        ],
+        errors=_LOWRANK_ERRORS,
+        capabilities=get_optimizer_entry("galore_adamw").capabilities,
+    ),
+    Spec(
+        "galore_adamw8bit",
+        GaLoreAdamW8bit,
+        configs=[{**_LOWRANK, "min_8bit_size": 4}],
+        errors=_LOWRANK_ERRORS,
+        capabilities=get_optimizer_entry("galore_adamw8bit").capabilities,
+    ),
+    Spec(
+        "qgalore_adamw8bit",
+        QGaLoreAdamW8bit,
+        configs=[{**_LOWRANK, "update_proj_gap": 1, "min_8bit_size": 4, "queue_size": 2}],
+        errors=_LOWRANK_ERRORS
+        + [({"proj_bits": 9}, ValueError, r"proj_bits must be in \[2, 8\]")],
+        capabilities=get_optimizer_entry("qgalore_adamw8bit").capabilities,
+        coupled=True,
+    ),
+    Spec(
+        "natural_galore_adamw",
+        NaturalGaLoreAdamW,
+        configs=[{**_LOWRANK, "natural_history": 3}],
+        errors=[({"natural_history": 0}, ValueError, r"natural_history must be >= 1")],
+        capabilities=get_optimizer_entry("natural_galore_adamw").capabilities,
+    ),
+    Spec(
+        "fira_adamw",
+        FiraAdamW,
+        configs=[_LOWRANK, {**_LOWRANK, "residual": "fira_orthogonal", "proj_type": "std"}],
+        errors=[({"residual": "sgd"}, ValueError, r"residual must be 'fira' or")],
+        capabilities=get_optimizer_entry("fira_adamw").capabilities,
+    ),
+    Spec(
+        "frugal",
+        FRUGAL,
+        configs=[
+            {"lr": 1e-2, "density": 0.5, "update_proj_gap": 2},
+            {"lr": 1e-2, "density": 0.5, "update_proj_gap": 2, "projector": "columns"},
+        ],
+        errors=[({"density": 1.5}, ValueError, r"density must be in \[0.0, 1.0\]")],
+        capabilities=get_optimizer_entry("frugal").capabilities,
+        coupled=True,
     ),
 ]

@@ -1,0 +1,106 @@
+"""LISA (Pan et al., 2024, "LISA: Layerwise Importance Sampling for Memory-Efficient Large
+Language Model Fine-Tuning", arXiv:2403.17919): train a random subset of γ layers, re-drawn
+every K steps, while the always-active parameters (embeddings, head) train every step.
+
+``LISA(optimizer, layers, n_active=γ, period=K)`` wraps any optimizer over all parameters.
+At steps 0, K, 2K, ... it draws γ of the ``layers`` (lists of parameters) from
+``generator_for(cpu, seed, period index)``, sets ``requires_grad=False`` on the others (no
+gradient is computed or stored for them) and deletes their optimizer state (the memory
+saving; a re-activated layer starts with fresh moments, as in the official LMFlow callback,
+which rebuilds the optimizer). Defaults from the paper: γ = 2, K = 20 (LMFlow
+``lisa_activated_layers=2``, ``lisa_interval_steps=20``).
+
+The wrapper's own state (its step counter) is one tensor in the ``"wrappers"`` entry of the
+state dict, so a resumed run draws the same layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from optforge._seeding import generator_for
+from optforge._validation import check_count, check_int
+from optforge.optim.wrapper import OptimizerWrapper
+
+__all__ = ["LISA"]
+
+
+class LISA(OptimizerWrapper):
+    """Layerwise importance sampling around ``optimizer`` (see the module docstring).
+
+    Args:
+        optimizer: the inner optimizer, over every parameter (active or not).
+        layers: the sampled units, each a sequence of parameters (e.g. transformer blocks).
+            Parameters in no layer are always trained.
+        n_active: γ, layers trained per period.
+        period: K, steps between draws.
+        seed: keys the draws (with the period index).
+
+    Example:
+        >>> blocks = [torch.nn.Linear(8, 8) for _ in range(4)]
+        >>> params = [p for b in blocks for p in b.parameters()]
+        >>> opt = LISA(torch.optim.AdamW(params), [list(b.parameters()) for b in blocks],
+        ...            n_active=1, period=5)
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        layers: Sequence[Sequence[Tensor]],
+        *,
+        n_active: int = 2,
+        period: int = 20,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(optimizer)
+        self.layers = [list(layer) for layer in layers]
+        if not self.layers:
+            raise ValueError("LISA needs at least one layer to sample")
+        check_int("n_active", n_active, 1)
+        if n_active > len(self.layers):
+            raise ValueError(f"n_active must be <= {len(self.layers)} layers (got {n_active})")
+        check_int("period", period, 1)
+        check_int("seed", seed, 0)
+        owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        for i, layer in enumerate(self.layers):
+            if any(id(p) not in owned for p in layer):
+                raise ValueError(f"layer {i} holds a parameter the optimizer does not")
+        self.n_active, self.period, self.seed = n_active, period, seed
+        self.lisa_step = 0
+        self._activate()
+
+    def active_layers(self) -> list[int]:
+        """Indices of the layers trained in the current period."""
+        gen = generator_for("cpu", self.seed, self.lisa_step // self.period)
+        return sorted(torch.randperm(len(self.layers), generator=gen)[: self.n_active].tolist())
+
+    def _activate(self) -> None:
+        active = set(self.active_layers())
+        for i, layer in enumerate(self.layers):
+            for p in layer:
+                p.requires_grad_(i in active)
+                if i not in active:
+                    p.grad = None
+                    self.optimizer.state.pop(p, None)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = super().step(closure)
+        self.lisa_step += 1
+        if self.lisa_step % self.period == 0:
+            self._activate()
+        return loss
+
+    def _wrapper_state(self) -> dict[str, Any]:
+        return {"lisa_step": torch.tensor(self.lisa_step, dtype=torch.int64)}
+
+    def _parse_wrapper_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {"lisa_step": check_count("lisa_step", state["lisa_step"])}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._activate()  # the saved step decides which layers train now

@@ -1,0 +1,122 @@
+"""PerLayerStep (updates inside backward, correct under accumulation) and the LISA wrapper."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from optforge.lowrank import LISA, GaLoreAdamW, PerLayerStep
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def _batches(n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 12, generator=gen), torch.randn(8, 3, generator=gen)) for _ in range(n)]
+
+
+def _loss(model, xy):
+    return torch.nn.functional.mse_loss(model(xy[0]), xy[1])
+
+
+def _factory(p):
+    return GaLoreAdamW(p, lr=1e-2, rank=4, update_proj_gap=3)
+
+
+@pytest.mark.parametrize("accumulation", [1, 4])
+def test_per_layer_equals_whole_model_steps_under_accumulation(accumulation) -> None:
+    per_layer, whole = _model(), _model()
+    stepper = PerLayerStep(per_layer.parameters(), _factory, accumulation_steps=accumulation)
+    opts = [_factory([p]) for p in whole.parameters()]  # same per-parameter optimizers
+    batches = _batches(3 * accumulation)
+    for i, xy in enumerate(batches):
+        _loss(per_layer, xy).backward()  # steps happen inside backward
+        _loss(whole, xy).backward()
+        if (i + 1) % accumulation == 0:
+            for opt in opts:
+                opt.step()
+                opt.zero_grad()
+    assert stepper.step_count == 3
+    for a, b in zip(per_layer.parameters(), whole.parameters()):
+        assert a.grad is None  # freed at once
+        assert torch.equal(a, b)
+    state = stepper.state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    again = PerLayerStep(_model().parameters(), _factory, accumulation_steps=accumulation)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    assert again.step_count == 3
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        PerLayerStep(_model().parameters(), _factory, accumulation_steps=2).load_state_dict(
+            state if accumulation != 2 else {**state, "accumulation_steps": 3}
+        )
+
+
+def _lisa(seed=0):
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(torch.nn.Linear(6, 6) for _ in range(4))
+    head = torch.nn.Linear(6, 2)
+    params = [p for b in blocks for p in b.parameters()] + list(head.parameters())
+    opt = LISA(torch.optim.AdamW(params, lr=1e-2), [list(b.parameters()) for b in blocks],
+               n_active=1, period=3, seed=seed)  # fmt: skip
+    return blocks, head, opt
+
+
+def _lisa_step(blocks, head, opt, x):
+    h = x
+    for b in blocks:
+        h = torch.tanh(b(h))
+    opt.zero_grad()
+    head(h).pow(2).mean().backward()
+    opt.step()
+
+
+def test_lisa_trains_sampled_layers_frees_state_and_resumes() -> None:
+    blocks, head, opt = _lisa()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    seen = set()
+    for step in range(9):
+        active = opt.active_layers()
+        assert len(active) == 1
+        seen.update(active)
+        before = [b.weight.detach().clone() for b in blocks]
+        _lisa_step(blocks, head, opt, x)
+        for i, b in enumerate(blocks):
+            moved = not torch.equal(b.weight, before[i])
+            assert moved == (i in active), (step, i, active)
+        if step == 4:
+            saved = io.BytesIO()
+            torch.save({"opt": opt.state_dict(), "model": [p.detach().clone() for p in
+                        [*blocks.parameters(), *head.parameters()]]}, saved)  # fmt: skip
+        # inactive layers hold no optimizer state after the period's draw
+        for i, b in enumerate(blocks):
+            if i not in opt.active_layers():
+                assert b.weight not in opt.state
+    assert len(seen) > 1
+    final = [p.detach().clone() for p in [*blocks.parameters(), *head.parameters()]]
+    saved.seek(0)
+    ckpt = torch.load(saved, weights_only=True)
+    blocks2, head2, opt2 = _lisa()
+    with torch.no_grad():
+        for p, v in zip([*blocks2.parameters(), *head2.parameters()], ckpt["model"]):
+            p.copy_(v)
+    opt2.load_state_dict(ckpt["opt"])
+    assert opt2.lisa_step == 5
+    for _ in range(4):
+        _lisa_step(blocks2, head2, opt2, x)
+    for a, b in zip(final, [*blocks2.parameters(), *head2.parameters()]):
+        assert torch.equal(a, b)
+
+
+def test_lisa_bad_input() -> None:
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=r"n_active must be <= 1 layers \(got 2\)"):
+        LISA(torch.optim.SGD([p], lr=0.1), [[p]], n_active=2)
+    with pytest.raises(ValueError, match="does not"):
+        LISA(torch.optim.SGD([p], lr=0.1), [[torch.nn.Parameter(torch.zeros(1))]], n_active=1)
