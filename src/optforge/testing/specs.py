@@ -7,11 +7,12 @@ the registry plus the wrappers, which wrap torch's SGD.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from optforge.optim import AGVM, LAMB, LARS, GradientNoise, Lion
+from optforge.optim import AGVM, LAMB, LARS, AdamW, AdamW8bit, GradientNoise, Lion, Lion8bit
 from optforge.registry import Capabilities, get_optimizer_entry
 from optforge.testing.conformance import Spec
 
@@ -35,6 +36,19 @@ _COMMON_ERRORS = [
     ({"lr": -1.0}, ValueError, r"lr must be >= 0 \(got -1.0\)"),
     ({"lr": float("nan")}, ValueError, r"lr must be finite"),
 ]
+
+_EIGHTBIT_ERRORS = [
+    ({"min_8bit_size": 0}, ValueError, r"min_8bit_size must be"),
+    ({"backend": "foreach"}, ValueError, r"no foreach path"),
+    ({"backend": "cuda"}, ValueError, r"backend must be one of"),
+]
+
+
+def _eightbit_capabilities(name: str) -> Capabilities:
+    # The compiled backend costs ~35 s of compilation per dtype on 2 cores: the conformance
+    # suite runs the loop; tests/optim/test_eightbit.py compares compiled with it (slow mark).
+    return replace(get_optimizer_entry(name).capabilities, backends=("loop",))
+
 
 SPECS = [
     Spec(
@@ -114,5 +128,40 @@ SPECS = [
         configs=[{"lr": 0.05, "momentum": 0.9}],
         capabilities=_TORCH_SGD,
         forge=False,
+    ),
+    Spec(
+        "AdamW",
+        AdamW,
+        configs=[{"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.1, "betas": (0.8, 0.99)}],
+        errors=_COMMON_ERRORS
+        + [
+            ({"eps": 0.0}, ValueError, r"eps must be > 0"),
+            ({"betas": (0.9, 1.0)}, ValueError, r"betas\[1\] must be in \[0.0, 1.0\)"),
+        ],
+        capabilities=Capabilities(
+            supports_complex=True, state_dtypes="fp32 for bf16/fp16", backends=("loop", "foreach")
+        ),
+    ),
+    Spec(
+        "AdamW8bit",
+        AdamW8bit,
+        configs=[
+            {"lr": 1e-2, "min_8bit_size": 1},
+            {"lr": 1e-2},
+            {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-6, "min_8bit_size": 16},
+        ],
+        errors=_COMMON_ERRORS + _EIGHTBIT_ERRORS + [({"eps": 0.0}, ValueError, r"eps must be > 0")],
+        capabilities=_eightbit_capabilities("adamw8bit"),
+    ),
+    Spec(
+        "Lion8bit",
+        Lion8bit,
+        configs=[
+            {"lr": 1e-2, "min_8bit_size": 1},
+            {"lr": 1e-2},
+            {"lr": 1e-2, "weight_decay": 0.5, "betas": (0.95, 0.98), "min_8bit_size": 16},
+        ],
+        errors=_COMMON_ERRORS + _EIGHTBIT_ERRORS,
+        capabilities=_eightbit_capabilities("lion8bit"),
     ),
 ]
