@@ -126,15 +126,6 @@ def blocks(numel: int) -> int:
     return -(-numel // BLOCK)
 
 
-def _rows(x: Tensor, fill: float | int = 0) -> Tensor:
-    """A flat tensor as (nb, BLOCK) rows, the last one padded with ``fill`` (a view if whole)."""
-    n = x.numel()
-    pad = blocks(n) * BLOCK - n
-    if pad:
-        x = torch.nn.functional.pad(x, (0, pad), value=fill)
-    return x.view(-1, BLOCK)
-
-
 def dequantize_blockwise(codes: Tensor, absmax: Tensor, code: Tensor) -> Tensor:
     """fp32 values of ``codes`` (any shape, uint8) with per-block ``absmax``; shape kept.
 
@@ -143,9 +134,12 @@ def dequantize_blockwise(codes: Tensor, absmax: Tensor, code: Tensor) -> Tensor:
         absmax: nb fp32 block scales.
         code: the 256-entry code book the codes index.
     """
-    flat = codes.reshape(-1)
-    values = _rows(code.index_select(0, flat.long())) * absmax.view(-1, 1)
-    return values.view(-1)[: flat.numel()].view(codes.shape)
+    flat = code.index_select(0, codes.reshape(-1).long())
+    n = flat.numel()
+    if n % BLOCK == 0:
+        return (flat.view(-1, BLOCK) * absmax.view(-1, 1)).view(codes.shape)
+    # Not pad-then-slice (see quantize_blockwise).
+    return (flat * absmax.repeat_interleave(BLOCK)[:n]).view(codes.shape)
 
 
 def quantize_blockwise(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
@@ -155,9 +149,20 @@ def quantize_blockwise(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     block then dequantizes to NaN, never to plausible numbers.
     """
     flat = x.reshape(-1).float()
-    rows = _rows(flat)
-    absmax = rows.abs().amax(dim=1)
+    n = flat.numel()
+    whole = n // BLOCK * BLOCK
+    # Whole blocks as rows, the partial one apart; never pad-then-slice: inductor (torch 2.13,
+    # CPU) miscompiles a padded quantization fused with a dequantization's gather (garbage in
+    # the partial block; tests/optim/test_eightbit.py's compiled test).
+    parts = []
+    if whole:
+        parts.append(flat[:whole].view(-1, BLOCK).abs().amax(dim=1))
+    if n > whole:
+        parts.append(flat[whole:].abs().amax().view(1))
+    absmax = torch.cat(parts) if len(parts) > 1 else parts[0]
     scale = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    idx = nearest_code(rows / scale.view(-1, 1), signed)
-    codes = idx.to(torch.uint8).view(-1)[: flat.numel()].view(x.shape)
-    return codes, absmax
+    if whole == n:
+        y = (flat.view(-1, BLOCK) / scale.view(-1, 1)).view(-1)
+    else:
+        y = flat / scale.repeat_interleave(BLOCK)[:n]
+    return nearest_code(y, signed).to(torch.uint8).view(x.shape), absmax

@@ -15,16 +15,14 @@ State per parameter with at least ``min_8bit_size`` elements (codes in the param
     Lion8bit:  exp_avg (uint8), exp_avg_absmax (fp32, nb)
 
 and fp32 moments (bitsandbytes' 32-bit state) for smaller ones. Backends: ``"loop"`` runs the
-rule eagerly per tensor (the reference); ``"compiled"`` runs the same rule under
-``torch.compile`` (one fused C++/OpenMP loop per tensor on CPU); ``"auto"`` picks a registered
-kernel (Triton on CUDA) when one serves the tensors, else ``compiled`` on CUDA and the eager
-loop on CPU.
+rule eagerly per tensor (the reference, and the CPU path); ``"auto"`` picks a registered kernel
+(Triton on CUDA) when one serves the tensors, else the loop (see ``run_8bit`` for why no
+compiled path yet).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,17 +30,22 @@ from torch import Tensor
 
 from optforge._validation import check_betas, check_int, check_non_negative, check_positive
 from optforge.kernels import Rule, apply_rule_, resolve_backend
-from optforge.kernels.dispatch import AUTO_COMPILE_AFTER_S
-from optforge.kernels.quant import blocks, dequantize_blockwise, dynamic_map, prepare
+from optforge.kernels.quant import blocks, dequantize_blockwise, dynamic_map
 from optforge.kernels.quant import quantize_blockwise as _quantize
 from optforge.kernels.rule import write
-from optforge.optim.adamw import adamw_rule, bias_corrections, step_groups
+from optforge.optim.adamw import bias_corrections, step_groups
 from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
-from optforge.optim.lion import lion_rule
 
-__all__ = ["AdamW8bit", "Lion8bit", "adamw8bit_rule", "lion8bit_rule"]
+__all__ = [
+    "AdamW8bit",
+    "Lion8bit",
+    "adamw32_rule",
+    "adamw8bit_rule",
+    "lion32_rule",
+    "lion8bit_rule",
+]
 
-_BACKENDS = ("loop", "compiled")
+_BACKENDS = ("loop",)
 
 
 def _math_dtype(param: Tensor) -> torch.dtype:
@@ -106,96 +109,80 @@ def _lion8bit(
     return (p, *_quantize(m * beta2 + g * (1 - beta2), True))
 
 
+def _adamw32(
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    grad: Tensor,
+    *,
+    lr: Any,
+    beta1: Any,
+    beta2: Any,
+    eps: Any,
+    weight_decay: Any,
+    bias_correction1: Any,
+    bias_correction2: Any,
+    maximize: bool,
+) -> tuple[Tensor, ...]:
+    """The fp32-state AdamW of tensors under ``min_8bit_size``: ``_adamw8bit``'s math."""
+    g = grad.to(exp_avg.dtype)
+    if maximize:
+        g = -g
+    m = exp_avg * beta1 + g * (1 - beta1)
+    v = exp_avg_sq * beta2 + g * g * (1 - beta2)
+    denom = torch.sqrt(v) / bias_correction2**0.5 + eps
+    p = param.to(g.dtype) * (1 - lr * weight_decay) - (lr / bias_correction1) * (m / denom)
+    return p, m, v
+
+
+def _lion32(
+    param: Tensor,
+    exp_avg: Tensor,
+    grad: Tensor,
+    *,
+    lr: Any,
+    beta1: Any,
+    beta2: Any,
+    weight_decay: Any,
+    maximize: bool,
+) -> tuple[Tensor, ...]:
+    """The fp32-state Lion of tensors under ``min_8bit_size``: ``_lion8bit``'s math."""
+    g = grad.to(exp_avg.dtype)
+    if maximize:
+        g = -g
+    direction = torch.sign(exp_avg * beta1 + g * (1 - beta1))
+    p = param.to(g.dtype) * (1 - lr * weight_decay) - direction * lr
+    return p, exp_avg * beta2 + g * (1 - beta2)
+
+
 #: ``(param, exp_avg, exp_avg_absmax, exp_avg_sq, exp_avg_sq_absmax, grad)``; blockwise, so
 #: not elementwise (a tensor must not be cut or concatenated at arbitrary points).
 adamw8bit_rule = Rule(_adamw8bit, n_out=5, elementwise=False, name="adamw8bit")
 #: ``(param, exp_avg, exp_avg_absmax, grad)``.
 lion8bit_rule = Rule(_lion8bit, n_out=3, elementwise=False, name="lion8bit")
-
-
-_COMPILED: dict[Rule, Callable[..., None]] = {}
-_SCALARS: dict[tuple[torch.device, str], Tensor] = {}
-
-
-def _compiled(rule: Rule) -> Callable[..., None]:
-    """The rule and its writes as one ``torch.compile`` graph. Sizes become dynamic on the
-    first tensor of a new shape (automatic dynamic); the code books stay static, so their
-    gathers need no bounds checks."""
-    fn = _COMPILED.get(rule)
-    if fn is None:
-
-        def body(tensors: list[Tensor], hyper: dict[str, Any]) -> None:
-            write(tensors[: rule.n_out], rule(*tensors, **hyper))
-
-        body.__code__ = body.__code__.replace(co_name=f"optforge_{rule.name}")
-        fn = _COMPILED[rule] = torch.compile(
-            body, fullgraph=True, options={"assert_indirect_indexing": False}
-        )
-    return fn
-
-
-def _scalar(device: torch.device, name: str, value: float) -> Tensor:
-    """A persistent fp32 0-d tensor refilled in place: a new lr neither recompiles nor makes
-    inductor run the step in double (Python floats are fp64 in the graph)."""
-    t = _SCALARS.get((device, name))
-    if t is None:
-        t = _SCALARS[(device, name)] = torch.tensor(value, dtype=torch.float32, device=device)
-    else:
-        t.fill_(value)
-    return t
-
-
-#: eager seconds spent per list (rule, first tensor, length), for ``auto``'s switch on CPU.
-_EAGER_SPENT: dict[tuple[Any, ...], float] = {}
+#: fp32 math and state, one rounding into the parameter's dtype (as bitsandbytes' 32-bit path).
+adamw32_rule = Rule(_adamw32, n_out=3, elementwise=True, name="adamw32")
+lion32_rule = Rule(_lion32, n_out=2, elementwise=True, name="lion32")
 
 
 def run_8bit(
     rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any], backend: str
 ) -> None:
     """Run an 8-bit rule: a registered kernel (Triton on CUDA) when ``backend`` resolves to one,
-    else the eager loop or ``torch.compile`` per tensor.
+    else the eager rule per tensor (the reference).
 
-    ``auto`` on CPU runs the eager loop until the list has spent ``AUTO_COMPILE_AFTER_S``
-    seconds there, then compiles (the rule the dispatch uses for its own rules: a first
-    compilation costs ~35 s on 2 cores, the compiled step is ~4x faster than the eager one).
+    No ``torch.compile`` path yet: inductor (torch 2.13, CPU) miscompiles the step on a tensor
+    with whole blocks and a partial one (garbage in the partial block) and fails on dynamic
+    (n/256, 256) views; static graphs compile ~35 s per distinct shape on 2 cores.
     """
     if not lists[0]:
         return
     first = lists[0][0]
-    chosen = backend
     if backend == "auto":
         chosen = resolve_backend("auto", rule, first.device, first.dtype)
-        if chosen not in _BACKENDS:  # a registered kernel serves these tensors
+        if chosen not in _BACKENDS + ("compiled", "foreach"):  # a registered kernel serves
             apply_rule_(rule, lists, hyper, backend=chosen)
             return
-        chosen = "compiled" if first.device.type == "cuda" else "loop"
-        if chosen == "loop":
-            key = (id(rule), id(first), len(lists[0]))
-            spent = _EAGER_SPENT.get(key, 0.0)
-            if spent >= AUTO_COMPILE_AFTER_S:
-                chosen = "compiled"
-            else:
-                start = time.perf_counter()
-                _run_loop(rule, lists, hyper)
-                if len(_EAGER_SPENT) >= 4096 and key not in _EAGER_SPENT:
-                    _EAGER_SPENT.pop(next(iter(_EAGER_SPENT)))
-                _EAGER_SPENT[key] = spent + time.perf_counter() - start
-                return
-    if chosen == "compiled":
-        prepare(first.device)
-        fn = _compiled(rule)
-        scalars = {
-            k: v if isinstance(v, bool) else _scalar(first.device, k, float(v))
-            for k, v in hyper.items()
-        }
-        for tensors in zip(*lists):
-            if tensors[0].numel():
-                fn(list(tensors), scalars)
-        return
-    _run_loop(rule, lists, hyper)
-
-
-def _run_loop(rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
     for tensors in zip(*lists):
         if tensors[0].numel():
             write(tensors[: rule.n_out], rule(*tensors, **hyper))
@@ -218,7 +205,7 @@ class _EightBit(FirstOrderOptimizer):
                 )
         else:
             for name, _ in self._moments:
-                schema[name] = StateSpec(dtype="at_least_fp32")
+                schema[name] = StateSpec(dtype=_math_dtype(param))
         return schema
 
     def _state_keys(self) -> tuple[str, ...]:
@@ -240,7 +227,7 @@ class _EightBit(FirstOrderOptimizer):
         if backend == "foreach":
             raise ValueError(
                 f"{type(self).__name__} has no foreach path: its state is quantized per block "
-                "(use backend='loop' or 'compiled')"
+                "(use backend='auto' or 'loop')"
             )
         if backend is not None and backend not in ("auto", *_BACKENDS):
             raise ValueError(
@@ -279,8 +266,7 @@ class AdamW8bit(_EightBit):
         weight_decay: decoupled λ.
         min_8bit_size: tensors with fewer elements keep fp32 moments (bitsandbytes: 4096).
         maximize: ascend the objective.
-        fused: ``torch.compile`` path (same as ``backend="compiled"``).
-        backend: ``"auto"`` (default), ``"loop"`` or ``"compiled"``.
+        backend: ``"auto"`` (default) or ``"loop"``.
         {CHECK_FINITE_DOC}
 
     Example:
@@ -290,7 +276,7 @@ class AdamW8bit(_EightBit):
     """
 
     _moments = (("exp_avg", True), ("exp_avg_sq", False))
-    rules = (adamw8bit_rule, adamw_rule)
+    rules = (adamw8bit_rule, adamw32_rule)
 
     def __init__(
         self,
@@ -302,7 +288,6 @@ class AdamW8bit(_EightBit):
         *,
         min_8bit_size: int = 4096,
         maximize: bool = False,
-        fused: bool | None = None,
         backend: str | None = None,
         check_finite: bool = True,
     ) -> None:
@@ -313,7 +298,6 @@ class AdamW8bit(_EightBit):
             weight_decay=weight_decay,
             min_8bit_size=min_8bit_size,
             maximize=maximize,
-            fused=fused,
             backend=backend,
         )
         super().__init__(params, defaults, check_finite=check_finite)
@@ -359,7 +343,7 @@ class AdamW8bit(_EightBit):
                     [self.state[p]["exp_avg_sq"] for p in ps],
                     [grads[i] for i in f],
                 )
-                apply_rule_(adamw_rule, lists, hyper, backend=backend)
+                apply_rule_(adamw32_rule, lists, hyper, backend=backend)
 
 
 class Lion8bit(_EightBit):
@@ -376,8 +360,7 @@ class Lion8bit(_EightBit):
         weight_decay: decoupled λ.
         min_8bit_size: tensors with fewer elements keep an fp32 momentum.
         maximize: ascend the objective.
-        fused: ``torch.compile`` path (same as ``backend="compiled"``).
-        backend: ``"auto"`` (default), ``"loop"`` or ``"compiled"``.
+        backend: ``"auto"`` (default) or ``"loop"``.
         {CHECK_FINITE_DOC}
 
     Example:
@@ -387,7 +370,7 @@ class Lion8bit(_EightBit):
     """
 
     _moments = (("exp_avg", True),)
-    rules = (lion8bit_rule, lion_rule)
+    rules = (lion8bit_rule, lion32_rule)
 
     def __init__(
         self,
@@ -398,7 +381,6 @@ class Lion8bit(_EightBit):
         *,
         min_8bit_size: int = 4096,
         maximize: bool = False,
-        fused: bool | None = None,
         backend: str | None = None,
         check_finite: bool = True,
     ) -> None:
@@ -408,7 +390,6 @@ class Lion8bit(_EightBit):
             weight_decay=weight_decay,
             min_8bit_size=min_8bit_size,
             maximize=maximize,
-            fused=fused,
             backend=backend,
         )
         super().__init__(params, defaults, check_finite=check_finite)
@@ -438,4 +419,4 @@ class Lion8bit(_EightBit):
         if full:
             ps = [params[i] for i in full]
             lists = (ps, [self.state[p]["exp_avg"] for p in ps], [grads[i] for i in full])
-            apply_rule_(lion_rule, lists, hyper, backend=backend)
+            apply_rule_(lion32_rule, lists, hyper, backend=backend)

@@ -7,7 +7,6 @@ the registry plus the wrappers, which wrap torch's SGD.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -41,13 +40,8 @@ _EIGHTBIT_ERRORS = [
     ({"min_8bit_size": 0}, ValueError, r"min_8bit_size must be"),
     ({"backend": "foreach"}, ValueError, r"no foreach path"),
     ({"backend": "cuda"}, ValueError, r"backend must be one of"),
+    ({"backend": "compiled"}, ValueError, r"backend must be one of \('auto', 'loop'\)"),
 ]
-
-
-def _eightbit_capabilities(name: str) -> Capabilities:
-    # The compiled backend costs ~35 s of compilation per dtype on 2 cores: the conformance
-    # suite runs the loop; tests/optim/test_eightbit.py compares compiled with it (slow mark).
-    return replace(get_optimizer_entry(name).capabilities, backends=("loop",))
 
 
 SPECS = [
@@ -151,7 +145,7 @@ SPECS = [
             {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-6, "min_8bit_size": 16},
         ],
         errors=_COMMON_ERRORS + _EIGHTBIT_ERRORS + [({"eps": 0.0}, ValueError, r"eps must be > 0")],
-        capabilities=_eightbit_capabilities("adamw8bit"),
+        capabilities=get_optimizer_entry("adamw8bit").capabilities,
     ),
     Spec(
         "Lion8bit",
@@ -162,6 +156,6 @@ SPECS = [
             {"lr": 1e-2, "weight_decay": 0.5, "betas": (0.95, 0.98), "min_8bit_size": 16},
         ],
         errors=_COMMON_ERRORS + _EIGHTBIT_ERRORS,
-        capabilities=_eightbit_capabilities("lion8bit"),
+        capabilities=get_optimizer_entry("lion8bit").capabilities,
     ),
 ]
