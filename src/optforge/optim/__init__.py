@@ -50,3 +50,8 @@ __all__ = [
     "list_optimizers",
     "register_optimizer",
 ]
+
+# Triton kernels serve the rules above on CUDA when Triton is installed (no import otherwise).
+from optforge.kernels.triton import register_if_available as _register_triton  # noqa: E402
+
+_register_triton()

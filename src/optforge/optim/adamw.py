@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 
 from optforge._validation import check_betas, check_non_negative, check_positive
-from optforge.kernels import apply_rule_
+from optforge.kernels import Rule, apply_rule_
 from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
 from optforge.optim.rules import adam_direction, direction_rule
 
-__all__ = ["AdamW", "adamw_rule", "bias_corrections"]
+__all__ = ["AdamW", "adam_inner_rule", "adamw_rule", "bias_corrections"]
 
 #: The AdamW update of one tensor: ``(param, exp_avg, exp_avg_sq, grad)``.
 adamw_rule = direction_rule(adam_direction, n_state=2, name="adamw")
@@ -135,3 +135,34 @@ class AdamW(FirstOrderOptimizer):
                 [grads[i] for i in idx],
             )
             apply_rule_(adamw_rule, lists, hyper, backend=backend)
+
+
+def _adam_inner(
+    update: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    grad: Tensor,
+    *,
+    beta1: Any,
+    beta2: Any,
+    eps: Any,
+    bias_correction1: Any,
+    bias_correction2: Any,
+) -> tuple[Tensor, ...]:
+    """Adam's direction alone, into ``update``: the inner rule of a low-rank optimizer, run on
+    projected (r×n) gradients and states; the caller projects ``update`` back."""
+    del update  # written only
+    return adam_direction(
+        exp_avg,
+        exp_avg_sq,
+        grad,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        bias_correction1=bias_correction1,
+        bias_correction2=bias_correction2,
+    )
+
+
+#: ``(update, exp_avg, exp_avg_sq, grad) -> (update, exp_avg, exp_avg_sq)``.
+adam_inner_rule = Rule(_adam_inner, n_out=3, elementwise=True, name="adam_inner")
