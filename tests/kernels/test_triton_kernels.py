@@ -259,3 +259,39 @@ def test_without_a_kernel_triton_is_refused_and_auto_never_picks_it() -> None:
         assert before == LAUNCHES
     finally:
         register(("cpu",))
+
+
+@pytest.mark.parametrize("name", ["AdamW8bit", "Lion8bit"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eightbit_kernels_match_the_loop(name: str, dtype: torch.dtype) -> None:
+    from optforge.optim import AdamW8bit, Lion8bit
+
+    cls = {"AdamW8bit": AdamW8bit, "Lion8bit": Lion8bit}[name]
+    sizes = [1, 255, 256, 257, 1031]  # quantization block 256; 1031 is prime
+    gen = torch.Generator().manual_seed(4)
+    ref = [torch.nn.Parameter(torch.randn(n, generator=gen).to(dtype)) for n in sizes]
+    params = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    opt_ref = cls(ref, lr=1e-2, weight_decay=0.1, min_8bit_size=1, backend="loop")
+    opt = cls(params, lr=1e-2, weight_decay=0.1, min_8bit_size=1)  # auto: the kernel
+    key = name.lower()
+    for step in range(3):
+        for a, b in zip(ref, params):
+            a.grad = torch.randn(a.shape, generator=gen).to(dtype)
+            b.grad = a.grad.clone()
+        before = LAUNCHES.get(key, 0)
+        opt_ref.step()
+        opt.step()
+        assert LAUNCHES[key] - before == 1
+    for a, b in zip(ref, params):
+        if dtype == torch.float32:
+            torch.testing.assert_close(b, a, rtol=1.3e-6, atol=1e-6)
+        else:  # the loop's bf16 param is rounded once too: equal
+            assert torch.equal(b, a)
+        for k, value in opt_ref.state[a].items():
+            other = opt.state[b][k]
+            assert other.dtype == value.dtype, k
+            if value.dtype == torch.uint8:
+                assert (other.int() - value.int()).abs().max() <= 1, k
+                assert (other != value).float().mean() <= 0.01, k
+            else:
+                torch.testing.assert_close(other, value, rtol=1e-5, atol=1e-8)

@@ -8,7 +8,8 @@ then runs them on CUDA. Tests register them for CPU tensors under ``TRITON_INTER
 
 Kernels: AdamW (fp32/bf16/fp16 parameters, optional fp32 master weights and stochastic
 rounding), Lion, SGD with momentum, LAMB (per-tensor norms as block partials, then the
-update), and the inner Adam of low-rank optimizers on projected states. Each is one launch per
+update), the inner Adam of low-rank optimizers on projected states, and AdamW8bit/Lion8bit
+on blockwise 8-bit state. Each is one launch per
 (device, dtype) group per step (LAMB: two), over a table of per-tensor offsets
 (``launch.TensorTable``).
 """
@@ -34,9 +35,9 @@ def available() -> bool:
 def register(devices: Sequence[str] = ("cuda",)) -> None:
     """Register every kernel for ``devices`` (``("cpu",)`` under ``TRITON_INTERPRET=1`` in
     tests; ``()`` withdraws them)."""
-    from optforge.kernels.triton import adam, lamb, lion, sgd
+    from optforge.kernels.triton import adam, eightbit, lamb, lion, sgd
 
-    for module in (adam, lamb, lion, sgd):
+    for module in (adam, eightbit, lamb, lion, sgd):
         module.register(tuple(devices), DTYPES)
 
 
