@@ -88,7 +88,10 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} at the end"
     )
     print()
-    print("| optimizer | ms/step (median) | min | × torch fused | state bytes/param | state ÷ AdamW |")
+    print(
+        "| optimizer | ms/step (median) | min | × torch fused | state bytes/param "
+        "| state ÷ AdamW |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, med, low, nbytes in rows:
         print(

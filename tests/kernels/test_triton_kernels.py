@@ -274,7 +274,7 @@ def test_eightbit_kernels_match_the_loop(name: str, dtype: torch.dtype) -> None:
     opt_ref = cls(ref, lr=1e-2, weight_decay=0.1, min_8bit_size=1, backend="loop")
     opt = cls(params, lr=1e-2, weight_decay=0.1, min_8bit_size=1)  # auto: the kernel
     key = name.lower()
-    for step in range(3):
+    for _ in range(3):
         for a, b in zip(ref, params):
             a.grad = torch.randn(a.shape, generator=gen).to(dtype)
             b.grad = a.grad.clone()
