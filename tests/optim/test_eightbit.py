@@ -160,3 +160,25 @@ def test_new_lr_takes_effect_and_one_step_changes_state_once() -> None:
 def test_complex_parameters_are_refused_with_a_hint() -> None:
     with pytest.raises(TypeError, match="view_as_real"):
         AdamW8bit([torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))])
+
+
+@pytest.mark.parametrize("cls", [AdamW8bit, Lion8bit])
+def test_tiles_change_no_result(cls, monkeypatch) -> None:
+    from optforge.optim import eightbit
+
+    whole, tiled = _params(), _params()
+    opt_whole = cls(whole, lr=1e-2, min_8bit_size=1)
+    opt_tiled = cls(tiled, lr=1e-2, min_8bit_size=1)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        for a, b in zip(whole, tiled):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        opt_whole.step()
+        monkeypatch.setattr(eightbit, "TILE", 2 * 256)  # (64, 257) and (5000,): several tiles
+        opt_tiled.step()
+        monkeypatch.setattr(eightbit, "TILE", 1 << 16)
+    for a, b in zip(whole, tiled):
+        assert torch.equal(a, b)
+        for key, value in opt_whole.state[a].items():
+            assert torch.equal(opt_tiled.state[b][key], value), key

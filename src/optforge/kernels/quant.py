@@ -134,7 +134,7 @@ def dequantize_blockwise(codes: Tensor, absmax: Tensor, code: Tensor) -> Tensor:
         absmax: nb fp32 block scales.
         code: the 256-entry code book the codes index.
     """
-    flat = code.index_select(0, codes.reshape(-1).long())
+    flat = code.index_select(0, codes.reshape(-1).int())  # int32 index: half the bytes of int64
     n = flat.numel()
     if n % BLOCK == 0:
         return (flat.view(-1, BLOCK) * absmax.view(-1, 1)).view(codes.shape)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from optforge._validation import check_betas, check_int, check_non_negative, check_positive
 from optforge.kernels import Rule, apply_rule_, resolve_backend
-from optforge.kernels.quant import blocks, dequantize_blockwise, dynamic_map
+from optforge.kernels.quant import BLOCK, blocks, dequantize_blockwise, dynamic_map
 from optforge.kernels.quant import quantize_blockwise as _quantize
 from optforge.kernels.rule import write
 from optforge.optim.adamw import bias_corrections, step_groups
@@ -184,8 +184,35 @@ def run_8bit(
             apply_rule_(rule, lists, hyper, backend=chosen)
             return
     for tensors in zip(*lists):
-        if tensors[0].numel():
-            write(tensors[: rule.n_out], rule(*tensors, **hyper))
+        for tile in _tiles(tensors):
+            write(tile[: rule.n_out], rule(*tile, **hyper))
+
+
+#: elements per eager tile: a multiple of the quantization block whose temporaries (~20 of
+#: 4 B per element) stay in a core's L2 cache: 2.2x faster than whole tensors on 16 x 512²
+#: (1 thread: 958 -> 441 ms per step; 2^13: 816 ms, 2^17: 423 ms) [measured].
+TILE = 1 << 16
+
+
+def _tiles(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
+    """The tensors as block-aligned 1-D tiles (views written in place); as they are if not
+    contiguous. Blocks never straddle a tile, so tiling changes no result."""
+    n = tensors[0].numel()
+    if n == 0:
+        return []
+    if n <= TILE or not all(t.is_contiguous() for t in tensors):
+        return [list(tensors)]
+    flats = [t.detach().view(-1) for t in tensors]
+    tiles = []
+    for start in range(0, n, TILE):
+        stop = min(start + TILE, n)
+        tiles.append(
+            [
+                f[start:stop] if f.numel() == n else f[start // BLOCK : -(-stop // BLOCK)]
+                for f in flats
+            ]
+        )
+    return tiles
 
 
 class _EightBit(FirstOrderOptimizer):
