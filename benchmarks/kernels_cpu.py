@@ -4,8 +4,8 @@
     PYTHONPATH=src python benchmarks/kernels_cpu.py [--tensors 16] [--side 512] [--repeats 5]
 
 State bytes are summed from the state tensors after a step (``step`` counters excluded).
-Times: median of ``--repeats`` steps after two warm-up steps, on the same parameters and
-gradients. Prints a markdown table for docs/benchmarks.md.
+Times: median of ``--repeats`` steps after two warm-up steps (the compiled rows compile in the
+first), on the same parameters and gradients. Prints a markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -60,7 +60,13 @@ def main() -> None:
         "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, foreach=True),
         "torch AdamW for-loop": lambda ps: torch.optim.AdamW(ps, foreach=False),
         "optforge AdamW8bit": lambda ps: AdamW8bit(ps, check_finite=False),
+        "optforge AdamW8bit compiled": lambda ps: AdamW8bit(
+            ps, check_finite=False, backend="compiled"
+        ),
         "optforge Lion8bit": lambda ps: Lion8bit(ps, check_finite=False),
+        "optforge Lion8bit compiled": lambda ps: Lion8bit(
+            ps, check_finite=False, backend="compiled"
+        ),
     }
     try:
         import bitsandbytes as bnb

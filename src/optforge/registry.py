@@ -215,7 +215,7 @@ def _register_builtins() -> None:
     )
     eightbit = Capabilities(
         state_dtypes="uint8 codes + fp32 absmax per 256 (tensors >= min_8bit_size); fp32 else",
-        backends=("loop",),
+        backends=("loop", "compiled"),
     )
     register_optimizer(
         "adamw8bit",

@@ -40,7 +40,7 @@ _EIGHTBIT_ERRORS = [
     ({"min_8bit_size": 0}, ValueError, r"min_8bit_size must be"),
     ({"backend": "foreach"}, ValueError, r"no foreach path"),
     ({"backend": "cuda"}, ValueError, r"backend must be one of"),
-    ({"backend": "compiled"}, ValueError, r"backend must be one of \('auto', 'loop'\)"),
+    ({"backend": "triton"}, ValueError, r"backend must be one of \('auto', 'loop', 'compiled'\)"),
 ]
 
 
