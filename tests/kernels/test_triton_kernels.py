@@ -295,3 +295,19 @@ def test_eightbit_kernels_match_the_loop(name: str, dtype: torch.dtype) -> None:
                 assert (other != value).float().mean() <= 0.01, k
             else:
                 torch.testing.assert_close(other, value, rtol=1e-5, atol=1e-8)
+
+
+def test_non_contiguous_tensors_take_the_loop_and_the_rest_one_launch() -> None:
+    base = torch.randn(2, 3, 4, 5)
+    dense = [torch.randn(BLOCK + 1), base.to(memory_format=torch.channels_last)]
+    p = [t.clone() for t in dense]
+    m = [torch.zeros(BLOCK + 1), torch.zeros_like(dense[1])]  # channels_last state too
+    g = [torch.randn(BLOCK + 1), torch.randn(2, 3, 4, 5)]
+    ref = [[t.clone() for t in p], [t.clone() for t in m], g]
+    hyper = dict(lr=1e-2, weight_decay=0.1, maximize=False, beta1=0.9, beta2=0.99)
+    before = LAUNCHES.get("lion", 0)
+    apply_rule_(lion_rule, (p, m, g), hyper, backend="triton")
+    assert LAUNCHES["lion"] - before == 1
+    apply_rule_(lion_rule, ref, hyper, backend="loop")
+    for a, b in zip(p + m, ref[0] + ref[1]):
+        torch.testing.assert_close(a, b)

@@ -29,6 +29,7 @@ from optforge.kernels.triton.launch import (
     locate,
     no_flag,
     out_kind,
+    serve,
     store_rounded,
     table_for,
 )
@@ -144,18 +145,8 @@ def adam_inner_(lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> 
     count("adam_inner")
 
 
-def _adamw_kernel_fn(
-    rule: Any, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]
-) -> None:
-    adamw_(lists, hyper)
-
-
-def _adam_inner_fn(
-    rule: Any, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]
-) -> None:
-    adam_inner_(lists, hyper)
 
 
 def register(devices: tuple[str, ...], dtypes: Sequence[torch.dtype]) -> None:
-    register_kernel(adamw_rule, "triton", _adamw_kernel_fn, devices=devices, dtypes=dtypes)
-    register_kernel(adam_inner_rule, "triton", _adam_inner_fn, devices=devices, dtypes=dtypes)
+    register_kernel(adamw_rule, "triton", serve(adamw_), devices=devices, dtypes=dtypes)
+    register_kernel(adam_inner_rule, "triton", serve(adam_inner_), devices=devices, dtypes=dtypes)

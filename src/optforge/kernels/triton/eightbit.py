@@ -26,6 +26,7 @@ from optforge.kernels.triton.launch import (
     locate,
     no_flag,
     out_kind,
+    serve,
     store_rounded,
     table_for,
 )
@@ -166,14 +167,8 @@ def lion8bit_(
     count("lion8bit")
 
 
-def _adamw8bit_fn(rule: Any, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
-    adamw8bit_(lists, hyper)
-
-
-def _lion8bit_fn(rule: Any, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
-    lion8bit_(lists, hyper)
 
 
 def register(devices: tuple[str, ...], dtypes: Sequence[torch.dtype]) -> None:
-    register_kernel(adamw8bit_rule, "triton", _adamw8bit_fn, devices=devices, dtypes=dtypes)
-    register_kernel(lion8bit_rule, "triton", _lion8bit_fn, devices=devices, dtypes=dtypes)
+    register_kernel(adamw8bit_rule, "triton", serve(adamw8bit_), devices=devices, dtypes=dtypes)
+    register_kernel(lion8bit_rule, "triton", serve(lion8bit_), devices=devices, dtypes=dtypes)

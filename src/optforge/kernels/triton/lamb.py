@@ -26,6 +26,7 @@ from optforge.kernels.triton.launch import (
     locate,
     no_flag,
     out_kind,
+    serve,
     store_rounded,
     table_for,
 )
@@ -39,7 +40,8 @@ def _lamb_moments_kernel(
     p_base, m_base, v_base, g_base, norms,
     offsets, sizes, block_tensor, block_start, found_inf, n_tensors,
     beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, bc1, bc2, grad_scale,
-    CHECK_INF: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr,
+    M_KIND: tl.constexpr, CHECK_INF: tl.constexpr, MAXIMIZE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, offs, mask = locate(sizes, block_tensor, block_start, found_inf, CHECK_INF, BLOCK)
     m_ptr = m_base + tl.load(offsets + n_tensors + t) + offs
@@ -52,8 +54,8 @@ def _lamb_moments_kernel(
     p = tl.load(p_base + tl.load(offsets + t) + offs, mask=mask, other=0.0).to(tl.float32)
     m = tl.load(m_ptr, mask=mask, other=0.0).to(tl.float32) * beta1 + g * one_minus_beta1
     v = tl.load(v_ptr, mask=mask, other=0.0).to(tl.float32) * beta2 + g * g * one_minus_beta2
-    tl.store(m_ptr, m, mask=mask)
-    tl.store(v_ptr, v, mask=mask)
+    store_rounded(m_ptr, m, mask, 0, offs, M_KIND, False)  # LAMB's moments: the param's dtype
+    store_rounded(v_ptr, v, mask, 0, offs, M_KIND, False)
     u = (m / bc1) / (tl.sqrt(v / bc2) + eps) + p * weight_decay
     u = tl.where(mask, u, 0.0)
     tl.atomic_add(norms + 2 * t, tl.sum(p * p, axis=0))
@@ -105,8 +107,8 @@ def lamb_(
     _lamb_moments_kernel[grid(table)](
         b[0], b[1], b[2], b[3], norms, *common,
         beta1, 1 - beta1, beta2, 1 - beta2, eps, wd, bc1, bc2, float(hyper["grad_scale"]),
-        CHECK_INF=found_inf is not None, MAXIMIZE=bool(hyper.get("maximize", False)),
-        BLOCK=BLOCK,
+        M_KIND=out_kind(b[1].dtype), CHECK_INF=found_inf is not None,
+        MAXIMIZE=bool(hyper.get("maximize", False)), BLOCK=BLOCK,
     )  # fmt: skip
     count("lamb_moments")
     inf = float("inf")
@@ -122,9 +124,6 @@ def lamb_(
     count("lamb_update")
 
 
-def _lamb_fn(rule: Any, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
-    lamb_(lists, hyper)
-
 
 def register(devices: tuple[str, ...], dtypes: Sequence[torch.dtype]) -> None:
-    register_kernel(lamb_rule, "triton", _lamb_fn, devices=devices, dtypes=dtypes)
+    register_kernel(lamb_rule, "triton", serve(lamb_), devices=devices, dtypes=dtypes)

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from optforge.kernels.rule import loop
 
 __all__ = ["BLOCK", "LAUNCHES", "TensorTable", "store_rounded", "table_for"]
 
@@ -152,3 +155,23 @@ def no_flag(device: torch.device) -> Tensor:
 
 _FLAGS: dict[torch.device, Tensor] = {}
 __all__ += ["locate", "no_flag"]
+
+
+def serve(kernel: Any) -> Any:
+    """The ``register_kernel`` function of ``kernel(lists, hyper)``: contiguous entries go to
+    the kernel in one launch, any others (views, channels_last) to the rule's loop."""
+
+    def fn(rule: Any, lists: Sequence[Sequence[Tensor]], hyper: Any) -> None:
+        dense = [i for i in range(len(lists[0])) if all(lst[i].is_contiguous() for lst in lists)]
+        if len(dense) == len(lists[0]):
+            kernel(lists, hyper)
+            return
+        if dense:
+            kernel([[lst[i] for i in dense] for lst in lists], hyper)
+        rest = [i for i in range(len(lists[0])) if i not in set(dense)]
+        loop(rule, [[lst[i] for i in rest] for lst in lists], hyper)
+
+    return fn
+
+
+__all__ += ["serve"]

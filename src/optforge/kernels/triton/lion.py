@@ -24,6 +24,7 @@ from optforge.kernels.triton.launch import (
     locate,
     no_flag,
     out_kind,
+    serve,
     store_rounded,
     table_for,
 )
@@ -84,9 +85,6 @@ def lion_(
     count("lion")
 
 
-def _lion_fn(rule: Any, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
-    lion_(lists, hyper)
-
 
 def register(devices: tuple[str, ...], dtypes: Sequence[torch.dtype]) -> None:
-    register_kernel(lion_rule, "triton", _lion_fn, devices=devices, dtypes=dtypes)
+    register_kernel(lion_rule, "triton", serve(lion_), devices=devices, dtypes=dtypes)

@@ -21,6 +21,7 @@ from optforge.kernels.triton.launch import (
     locate,
     no_flag,
     out_kind,
+    serve,
     store_rounded,
     table_for,
 )
@@ -80,9 +81,7 @@ def sgd_momentum_(
     count("sgd_momentum")
 
 
-def _sgd_fn(rule: Any, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
-    sgd_momentum_(lists, hyper)
-
 
 def register(devices: tuple[str, ...], dtypes: Sequence[torch.dtype]) -> None:
-    register_kernel(sgd_momentum_rule, "triton", _sgd_fn, devices=devices, dtypes=dtypes)
+    fn = serve(sgd_momentum_)
+    register_kernel(sgd_momentum_rule, "triton", fn, devices=devices, dtypes=dtypes)
