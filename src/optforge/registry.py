@@ -229,6 +229,22 @@ def _register_builtins() -> None:
             description=f"optforge.lowrank: {description}",
             capabilities=caps,
         )
+    eightbit = Capabilities(
+        state_dtypes="uint8 codes + fp32 absmax per 256 (tensors >= min_8bit_size); fp32 else",
+        backends=("loop", "compiled"),
+    )
+    register_optimizer(
+        "adamw8bit",
+        "optforge.optim.eightbit:AdamW8bit",
+        description="optforge.optim.AdamW8bit (8-bit blockwise moments, Dettmers et al., 2022)",
+        capabilities=eightbit,
+    )
+    register_optimizer(
+        "lion8bit",
+        "optforge.optim.eightbit:Lion8bit",
+        description="optforge.optim.Lion8bit (8-bit blockwise momentum)",
+        capabilities=eightbit,
+    )
 
 
 def _nadamw(params: Any, **kwargs: Any) -> Optimizer:

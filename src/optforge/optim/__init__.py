@@ -1,12 +1,14 @@
 """First-order drop-in optimizers and gradient transforms.
 
-Optimizers (``torch.optim.Optimizer`` subclasses): ``Lion``, ``LAMB``, ``LARS``.
+Optimizers (``torch.optim.Optimizer`` subclasses): ``AdamW``, ``Lion``, ``LAMB``, ``LARS``, and
+the 8-bit-state ``AdamW8bit`` and ``Lion8bit``.
 Wrappers around any optimizer: ``GradientNoise``, ``AGVM``. First-layer transform: ``TrAct``.
 The base classes (``OptimizerBase``, ``FirstOrderOptimizer``, ``ZerothOrderOptimizer``,
 ``StateSpec``) and the update rules (``optforge.optim.rules``) are what a new method builds on
 (docs: "Adding an optimizer").
 """
 
+from optforge.optim.adamw import AdamW
 from optforge.optim.agvm import AGVM
 from optforge.optim.base import (
     FirstOrderOptimizer,
@@ -14,6 +16,7 @@ from optforge.optim.base import (
     StateSpec,
     ZerothOrderOptimizer,
 )
+from optforge.optim.eightbit import AdamW8bit, Lion8bit
 from optforge.optim.gradient_noise import GradientNoise
 from optforge.optim.lamb import LAMB
 from optforge.optim.lars import LARS
@@ -29,6 +32,9 @@ from optforge.registry import (
 
 __all__ = [
     "AGVM",
+    "AdamW",
+    "AdamW8bit",
+    "Lion8bit",
     "FirstOrderOptimizer",
     "OptimizerBase",
     "StateSpec",
@@ -44,3 +50,8 @@ __all__ = [
     "list_optimizers",
     "register_optimizer",
 ]
+
+# Triton kernels serve the rules above on CUDA when Triton is installed (no import otherwise).
+from optforge.kernels.triton import register_if_available as _register_triton  # noqa: E402
+
+_register_triton()

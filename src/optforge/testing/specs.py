@@ -19,7 +19,7 @@ from optforge.lowrank import (
     NaturalGaLoreAdamW,
     QGaLoreAdamW8bit,
 )
-from optforge.optim import AGVM, LAMB, LARS, GradientNoise, Lion
+from optforge.optim import AGVM, LAMB, LARS, AdamW, AdamW8bit, GradientNoise, Lion, Lion8bit
 from optforge.registry import Capabilities, get_optimizer_entry
 from optforge.testing.conformance import Spec
 
@@ -43,6 +43,14 @@ _COMMON_ERRORS = [
     ({"lr": -1.0}, ValueError, r"lr must be >= 0 \(got -1.0\)"),
     ({"lr": float("nan")}, ValueError, r"lr must be finite"),
 ]
+
+_EIGHTBIT_ERRORS = [
+    ({"min_8bit_size": 0}, ValueError, r"min_8bit_size must be"),
+    ({"backend": "foreach"}, ValueError, r"no foreach path"),
+    ({"backend": "cuda"}, ValueError, r"backend must be one of"),
+    ({"backend": "triton"}, ValueError, r"backend must be one of \('auto', 'loop', 'compiled'\)"),
+]
+
 
 SPECS = [
     Spec(
@@ -122,6 +130,41 @@ SPECS = [
         configs=[{"lr": 0.05, "momentum": 0.9}],
         capabilities=_TORCH_SGD,
         forge=False,
+    ),
+    Spec(
+        "AdamW",
+        AdamW,
+        configs=[{"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.1, "betas": (0.8, 0.99)}],
+        errors=_COMMON_ERRORS
+        + [
+            ({"eps": 0.0}, ValueError, r"eps must be > 0"),
+            ({"betas": (0.9, 1.0)}, ValueError, r"betas\[1\] must be in \[0.0, 1.0\)"),
+        ],
+        capabilities=Capabilities(
+            supports_complex=True, state_dtypes="fp32 for bf16/fp16", backends=("loop", "foreach")
+        ),
+    ),
+    Spec(
+        "AdamW8bit",
+        AdamW8bit,
+        configs=[
+            {"lr": 1e-2, "min_8bit_size": 1},
+            {"lr": 1e-2},
+            {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-6, "min_8bit_size": 16},
+        ],
+        errors=_COMMON_ERRORS + _EIGHTBIT_ERRORS + [({"eps": 0.0}, ValueError, r"eps must be > 0")],
+        capabilities=get_optimizer_entry("adamw8bit").capabilities,
+    ),
+    Spec(
+        "Lion8bit",
+        Lion8bit,
+        configs=[
+            {"lr": 1e-2, "min_8bit_size": 1},
+            {"lr": 1e-2},
+            {"lr": 1e-2, "weight_decay": 0.5, "betas": (0.95, 0.98), "min_8bit_size": 16},
+        ],
+        errors=_COMMON_ERRORS + _EIGHTBIT_ERRORS,
+        capabilities=get_optimizer_entry("lion8bit").capabilities,
     ),
 ]
 
