@@ -213,6 +213,23 @@ def _register_builtins() -> None:
         description="optforge.optim.LARS (You et al., 2017)",
         capabilities=forge,
     )
+    zo = Capabilities(
+        uses_gradients=False, needs_closure=True, state_dtypes="step int64 on CPU; fp32 masters "
+        "for bf16/fp16 params; fp32 moments"
+    )
+    register_optimizer(
+        "mezo",
+        "optforge.zo.mezo:MeZO",
+        description="optforge.zo.MeZO (Malladi et al., 2023) and ZO-Bench's SGD/sign/momentum/"
+        "conservative variants",
+        capabilities=zo,
+    )
+    register_optimizer(
+        "zoadam",
+        "optforge.zo.mezo:ZOAdam",
+        description="optforge.zo.ZOAdam: Adam on MeZO's estimate (ZO-Bench, 2024)",
+        capabilities=zo,
+    )
 
 
 def _nadamw(params: Any, **kwargs: Any) -> Optimizer:

@@ -38,7 +38,7 @@ def test_fixed_direction_central_is_exact_and_forward_adds_half_eps_zHz(monkeypa
                         rel_tol=1e-8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _directions(dist, n_samples, d, seed=7):
     """n_samples directions of dimension d from ``draw``. Gaussian and Rademacher entries are
     i.i.d., so one draw of an (n_samples, d) tensor gives them; a sphere draw is normalized over
@@ -175,7 +175,7 @@ def test_restore_after_an_estimate_is_exact_to_rounding() -> None:
     for dtype, tol in ((torch.float64, 1e-15), (torch.float32, 1e-6)):
         x = torch.randn(1000, dtype=dtype)
         before = x.clone()
-        spsa(lambda: (x**2).sum(), [x], eps=1e-3, n=4)
+        spsa(lambda x=x: (x**2).sum(), [x], eps=1e-3, n=4)
         assert float((x - before).norm() / before.norm()) < tol
 
 
