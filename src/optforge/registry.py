@@ -230,6 +230,13 @@ def _register_builtins() -> None:
         description="optforge.zo.ZOAdam: Adam on MeZO's estimate (ZO-Bench, 2024)",
         capabilities=zo,
     )
+    register_optimizer(
+        "deepzero",
+        "optforge.zo.deepzero:DeepZero",
+        description="optforge.zo.DeepZero: sparse coordinate-wise estimation (Chen et al., 2024)",
+        capabilities=Capabilities(uses_gradients=False, needs_closure=True,
+                                  state_dtypes="step int64 on CPU; fp32 momentum"),
+    )
 
 
 def _nadamw(params: Any, **kwargs: Any) -> Optimizer:

@@ -40,6 +40,12 @@ def _zoadam(params: Any, **kw: Any) -> Any:
     return ZOAdam(params, **kw)
 
 
+def _deepzero(params: Any, **kw: Any) -> Any:
+    from optforge.zo import DeepZero
+
+    return DeepZero(params, **kw)
+
+
 #: torch's SGD, wrapped: complex parameters are torch's business, not the wrapper's.
 _TORCH_SGD = Capabilities(supports_complex=True)
 
@@ -160,6 +166,21 @@ SPECS = [
         errors=_COMMON_ERRORS
         + [({"betas": (1.0, 0.9)}, ValueError, r"betas\[0\] must be in \[0.0, 1.0\)")],
         capabilities=get_optimizer_entry("zoadam").capabilities,
+        coupled=True,
+    ),
+    Spec(
+        "DeepZero",
+        _deepzero,
+        # Sparse first: the per-optimizer checks run it on a 4231-element tensor, where dense
+        # CGE costs 4232 closures per step.
+        configs=[{"lr": 1e-2, "keep_ratio": 0.05, "mask_interval": 2}, {"lr": 1e-2}],
+        errors=_COMMON_ERRORS
+        + [
+            ({"mu": 0.0}, ValueError, r"mu must be > 0 \(got 0.0\)"),
+            ({"keep_ratio": 1.5}, ValueError, r"keep_ratio must be in \[0.0, 1.0\]"),
+            ({"mask_interval": 0}, ValueError, r"mask_interval must be >= 1"),
+        ],
+        capabilities=get_optimizer_entry("deepzero").capabilities,
         coupled=True,
     ),
 ]

@@ -5,19 +5,26 @@ the loss (no backward), and every random direction comes from a dedicated genera
 (seed, step, direction, parameter index).
 """
 
+from optforge.zo.deepzero import DeepZero, cge, cge_sequential, zo_grasp_keep_ratios
 from optforge.zo.directions import DISTRIBUTIONS, draw, sphere_scale
 from optforge.zo.estimators import ZORecord, forward_gradient, perturb_, replay, spsa
 from optforge.zo.mezo import MeZO, ZOAdam
+from optforge.zo.offload import ZO2Offload
 
 __all__ = [
     "DISTRIBUTIONS",
+    "DeepZero",
     "MeZO",
     "ZOAdam",
+    "ZO2Offload",
     "ZORecord",
+    "cge",
+    "cge_sequential",
     "draw",
     "forward_gradient",
     "perturb_",
     "replay",
     "sphere_scale",
     "spsa",
+    "zo_grasp_keep_ratios",
 ]
