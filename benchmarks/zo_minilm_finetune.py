@@ -1,9 +1,10 @@
 """Fine-tune MiniLM on the tweets task (3 classes) with MeZO, ZO-Adam and AdamW, offline.
 
 The model is all-MiniLM-L6-v2 with mean pooling and a linear head. Baseline: a linear probe
-(the head fitted on frozen features, full batch, 300 Adam steps). Every method starts from the
-probed model and trains every parameter; test accuracy is logged against forward passes
-(a backward counts as two) and wall time.
+(the head fitted on frozen features, full batch, ``--probe-steps`` AdamW steps). Every method
+starts from the probed model and trains every parameter (or, with ``--last-layers N``, the
+head and the last N encoder layers); test accuracy is logged against forward passes (a
+backward counts as two) and wall time.
 
     HF_HUB_OFFLINE=1 nice python benchmarks/zo_minilm_finetune.py --out /tmp/zo_ft.json
 
@@ -53,32 +54,38 @@ def accuracy(model, data, batch=60) -> float:
     return right / len(y)
 
 
-def linear_probe(model, train) -> None:
+def linear_probe(model, train, steps: int = 300, weight_decay: float = 0.0) -> None:
     ids, mask, y = train
     with torch.no_grad():
         feats = torch.cat([model.features(ids[i:i + 60], mask[i:i + 60])
                            for i in range(0, len(y), 60)])
-    opt = torch.optim.Adam(model.head.parameters(), lr=1e-2)
-    for _ in range(300):
+    opt = torch.optim.AdamW(model.head.parameters(), lr=1e-2, weight_decay=weight_decay)
+    for _ in range(steps):
         opt.zero_grad()
         nn.functional.cross_entropy(model.head(feats), y).backward()
         opt.step()
 
 
 def run(method: str, state, train, test, steps: int, batch: int, lr: float, every: int,
-        seed: int) -> list[dict]:
+        seed: int, last_layers: int = -1) -> list[dict]:
     torch.manual_seed(seed)
     _, encoder = load_minilm()
     model = Classifier(encoder.base_model)
     model.load_state_dict(state)
+    if last_layers >= 0:  # freeze all but the head and the last ``last_layers`` layers
+        layers = model.encoder.encoder.layer
+        keep = {id(p) for layer in layers[len(layers) - last_layers:] for p in layer.parameters()}
+        for p in model.encoder.parameters():
+            p.requires_grad_(id(p) in keep)
+    params = [p for p in model.parameters() if p.requires_grad]
     ids, mask, y = train
     gen = torch.Generator().manual_seed(seed)
     if method == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     elif method == "mezo":
-        opt = MeZO(model.parameters(), lr=lr, eps=1e-3, seed=seed)
+        opt = MeZO(params, lr=lr, eps=1e-3, seed=seed)
     else:
-        opt = ZOAdam(model.parameters(), lr=lr, eps=1e-3, seed=seed)
+        opt = ZOAdam(params, lr=lr, eps=1e-3, seed=seed)
     log = [{"step": 0, "forwards": 0, "seconds": 0.0, "acc": accuracy(model, test)}]
     forwards, seconds = 0, 0.0
     for step in range(1, steps + 1):
@@ -117,6 +124,10 @@ def main() -> None:
     ap.add_argument("--zoadam-lr", type=float, default=1e-5)
     ap.add_argument("--adamw-lr", type=float, default=2e-5)
     ap.add_argument("--methods", default="mezo,zoadam,adamw")
+    ap.add_argument("--last-layers", type=int, default=-1,
+                    help="train only the head and the last N encoder layers (-1: everything)")
+    ap.add_argument("--probe-steps", type=int, default=300)
+    ap.add_argument("--probe-wd", type=float, default=0.0)
     ap.add_argument("--out", default="zo_minilm_finetune.json")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -125,7 +136,7 @@ def main() -> None:
     rows_train, rows_test = tweets(args.train, args.test)
     train, test = encode(tok, rows_train, args.max_len), encode(tok, rows_test, args.max_len)
     model = Classifier(encoder.base_model)
-    linear_probe(model, train)
+    linear_probe(model, train, args.probe_steps, args.probe_wd)
     probe = accuracy(model, test)
     print("linear probe", probe, flush=True)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -135,7 +146,8 @@ def main() -> None:
         lr = getattr(args, f"{method}_lr")
         every = max(1, steps // 6)
         result["runs"][method] = {"lr": lr, "log": run(method, state, train, test, steps,
-                                                        args.batch, lr, every, seed=0)}
+                                                        args.batch, lr, every, seed=0,
+                                                        last_layers=args.last_layers)}
         Path(args.out).write_text(json.dumps(result, indent=1))
     print("| method | lr | steps | forwards | seconds | test acc |")
     print("|---|---|---|---|---|---|")
