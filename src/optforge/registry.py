@@ -245,6 +245,30 @@ def _register_builtins() -> None:
         description="optforge.optim.Lion8bit (8-bit blockwise momentum)",
         capabilities=eightbit,
     )
+    zo = Capabilities(
+        uses_gradients=False, needs_closure=True, state_dtypes="step int64 on CPU; fp32 masters "
+        "for bf16/fp16 params; fp32 moments"
+    )
+    register_optimizer(
+        "mezo",
+        "optforge.zo.mezo:MeZO",
+        description="optforge.zo.MeZO (Malladi et al., 2023) and ZO-Bench's SGD/sign/momentum/"
+        "conservative variants",
+        capabilities=zo,
+    )
+    register_optimizer(
+        "zoadam",
+        "optforge.zo.mezo:ZOAdam",
+        description="optforge.zo.ZOAdam: Adam on MeZO's estimate (ZO-Bench, 2024)",
+        capabilities=zo,
+    )
+    register_optimizer(
+        "deepzero",
+        "optforge.zo.deepzero:DeepZero",
+        description="optforge.zo.DeepZero: sparse coordinate-wise estimation (Chen et al., 2024)",
+        capabilities=Capabilities(uses_gradients=False, needs_closure=True,
+                                  state_dtypes="step int64 on CPU; fp32 momentum"),
+    )
 
 
 def _nadamw(params: Any, **kwargs: Any) -> Optimizer:

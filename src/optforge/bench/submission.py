@@ -312,7 +312,14 @@ def _baselines() -> dict[str, Callable[[], Submission]]:
     }
 
 
-_REGISTRY: dict[str, Callable[[], Submission]] = _baselines()
+def _zo(name: str) -> Submission:
+    from optforge.bench.zo_submissions import zo_submission  # imports this module
+
+    return zo_submission(name)
+
+
+_REGISTRY: dict[str, Callable[[], Submission]] = {
+    **_baselines(), "mezo": lambda: _zo("mezo"), "zoadam": lambda: _zo("zoadam")}
 
 
 def register_submission(name: str, factory: Callable[[], Submission], *,

@@ -36,6 +36,24 @@ def _noisy_sgd(params: Any, **kw: Any) -> GradientNoise:
     return GradientNoise(torch.optim.SGD(params, **kw), **noise)
 
 
+def _mezo(params: Any, **kw: Any) -> Any:
+    from optforge.zo import MeZO  # lazy: zo stands on optim, not the reverse
+
+    return MeZO(params, **kw)
+
+
+def _zoadam(params: Any, **kw: Any) -> Any:
+    from optforge.zo import ZOAdam
+
+    return ZOAdam(params, **kw)
+
+
+def _deepzero(params: Any, **kw: Any) -> Any:
+    from optforge.zo import DeepZero
+
+    return DeepZero(params, **kw)
+
+
 #: torch's SGD, wrapped: complex parameters are torch's business, not the wrapper's.
 _TORCH_SGD = Capabilities(supports_complex=True)
 
@@ -232,6 +250,56 @@ SPECS += [
         ],
         errors=[({"density": 1.5}, ValueError, r"density must be in \[0.0, 1.0\]")],
         capabilities=get_optimizer_entry("frugal").capabilities,
+        coupled=True,
+    ),
+    # Zeroth-order. The first config carries a momentum buffer: the checkpoint-damage check
+    # needs a non-scalar state tensor to damage (plain MeZO keeps only its step counter).
+    Spec(
+        "MeZO",
+        _mezo,
+        configs=[
+            {"lr": 1e-3, "momentum": 0.9},
+            {"lr": 1e-3},
+            {"lr": 1e-3, "n_directions": 2, "dist": "rademacher", "weight_decay": 0.1},
+            {"lr": 1e-3, "formula": "forward", "dist": "sphere"},
+            {"lr": 3e-3, "update": "sign"},
+            {"lr": 1e-3, "update": "conservative"},
+        ],
+        errors=_COMMON_ERRORS
+        + [
+            ({"eps": 0.0}, ValueError, r"eps must be > 0 \(got 0.0\)"),
+            ({"n_directions": 0}, ValueError, r"n_directions must be >= 1 \(got 0\)"),
+            ({"dist": "uniform"}, ValueError, r"dist must be one of"),
+            ({"update": "lion"}, ValueError, r"update must be one of"),
+            ({"precision": "fp8"}, ValueError, r"precision must be one of"),
+            ({"update": "adam", "momentum": 0.9}, ValueError, r"momentum applies to"),
+            ({"seed": 1.5}, TypeError, r"seed must be an int"),
+        ],
+        capabilities=get_optimizer_entry("mezo").capabilities,
+        coupled=True,
+    ),
+    Spec(
+        "ZOAdam",
+        _zoadam,
+        configs=[{"lr": 1e-2}, {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.1}],
+        errors=_COMMON_ERRORS
+        + [({"betas": (1.0, 0.9)}, ValueError, r"betas\[0\] must be in \[0.0, 1.0\)")],
+        capabilities=get_optimizer_entry("zoadam").capabilities,
+        coupled=True,
+    ),
+    Spec(
+        "DeepZero",
+        _deepzero,
+        # Sparse first: the per-optimizer checks run it on a 4231-element tensor, where dense
+        # CGE costs 4232 closures per step.
+        configs=[{"lr": 1e-2, "keep_ratio": 0.05, "mask_interval": 2}, {"lr": 1e-2}],
+        errors=_COMMON_ERRORS
+        + [
+            ({"mu": 0.0}, ValueError, r"mu must be > 0 \(got 0.0\)"),
+            ({"keep_ratio": 1.5}, ValueError, r"keep_ratio must be in \[0.0, 1.0\]"),
+            ({"mask_interval": 0}, ValueError, r"mask_interval must be >= 1"),
+        ],
+        capabilities=get_optimizer_entry("deepzero").capabilities,
         coupled=True,
     ),
 ]

