@@ -88,7 +88,7 @@ def test_algoperf_space_with_workload_hparams_runs(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("space, match", [
     ({"foo": {"min": 1, "max": 2, "scaling": "linear"}},
-     "'foo' is not a hyperparameter of submission 'adamw'"),
+     "submission 'adamw' has no hyperparameter 'foo'"),
     ({"dropout_rate": {"feasible_points": ["a"]}}, "'dropout_rate' feasible point must be a"),
     ({"label_smoothing": {"feasible_points": [True]}}, "must be a finite number"),
     ({"dropout_rate": {"min": 0.0, "max": 1.5, "scaling": "linear"}},
