@@ -28,7 +28,7 @@ from torch import Tensor
 
 from optforge.kernels.rule import Rule, flat_view, loop, write
 
-__all__ = ["CHUNK", "SMALL", "compiled_ready", "run_compiled", "static_items"]
+__all__ = ["CHUNK", "SMALL", "compiled_ready", "persistent_scalar", "run_compiled", "static_items"]
 
 #: tensors updated per compiled call.
 CHUNK = 16
@@ -97,7 +97,7 @@ def _graph(rule: Rule, key: tuple[Any, ...], names: tuple[str, ...]) -> Callable
     return call
 
 
-def _scalar(device: torch.device, dtype: torch.dtype, name: str, value: float) -> Tensor:
+def persistent_scalar(device: torch.device, dtype: torch.dtype, name: str, value: float) -> Tensor:
     """A persistent 0-d tensor holding ``value``: refilled in place, never reallocated."""
     key = (device, dtype, name)
     t = _SCALARS.get(key)
@@ -146,7 +146,7 @@ def run_compiled(rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[s
     # Python floats to fp32 anyway.
     sdtype = torch.promote_types(first.dtype, torch.float32)
     names = tuple(sorted(k for k, v in hyper.items() if not (v is None or isinstance(v, bool))))
-    scalars = [_scalar(first.device, sdtype, k, float(hyper[k])) for k in names]
+    scalars = [persistent_scalar(first.device, sdtype, k, float(hyper[k])) for k in names]
 
     entries: list[list[Tensor]] = []
     small: list[list[Tensor]] = []

@@ -30,11 +30,13 @@ from torch import Tensor
 
 from optforge._validation import check_betas, check_int, check_non_negative, check_positive
 from optforge.kernels import Rule, apply_rule_, resolve_backend
+from optforge.kernels.compiled import persistent_scalar
 from optforge.kernels.quant import BLOCK, blocks, dequantize_blockwise, dynamic_map, prepare
 from optforge.kernels.quant import quantize_blockwise as _quantize
 from optforge.kernels.rule import write
 from optforge.optim.adamw import bias_corrections, step_groups
 from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
+from optforge.optim.rules import apply_update, lion_direction
 
 __all__ = [
     "AdamW8bit",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 _BACKENDS = ("loop", "compiled")
+#: the compiled tiles' scalars are fp32 (Python floats would make inductor compute in double)
+_FP32 = torch.float32
 
 
 def _math_dtype(param: Tensor) -> torch.dtype:
@@ -78,11 +82,33 @@ def _adamw8bit(
         g = -g
     m = dequantize_blockwise(exp_avg, exp_avg_absmax, code1)
     v = dequantize_blockwise(exp_avg_sq, exp_avg_sq_absmax, code2)
+    p, m, v = _bnb_adamw(param.to(g.dtype), m, v, g, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                         weight_decay=weight_decay, bias_correction1=bias_correction1,
+                         bias_correction2=bias_correction2)
+    return (p, *_quantize(m, True), *_quantize(v, False))
+
+
+def _bnb_adamw(
+    param: Tensor,
+    m: Tensor,
+    v: Tensor,
+    g: Tensor,
+    *,
+    lr: Any,
+    beta1: Any,
+    beta2: Any,
+    eps: Any,
+    weight_decay: Any,
+    bias_correction1: Any,
+    bias_correction2: Any,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """AdamW in bitsandbytes' order of operations (``√v/√c2 + ε``, then ``η/c1``), which
+    ``optim.rules.adam_direction`` (``(m/c1)/(√(v/c2) + ε)``) rounds differently from."""
     m = m * beta1 + g * (1 - beta1)
     v = v * beta2 + g * g * (1 - beta2)
     denom = torch.sqrt(v) / bias_correction2**0.5 + eps
-    p = param.to(g.dtype) * (1 - lr * weight_decay) - (lr / bias_correction1) * (m / denom)
-    return (p, *_quantize(m, True), *_quantize(v, False))
+    p = param * (1 - lr * weight_decay) - (lr / bias_correction1) * (m / denom)
+    return p, m, v
 
 
 def _lion8bit(
@@ -104,9 +130,9 @@ def _lion8bit(
     if maximize:
         g = -g
     m = dequantize_blockwise(exp_avg, exp_avg_absmax, code1)
-    direction = torch.sign(m * beta1 + g * (1 - beta1))
-    p = param.to(g.dtype) * (1 - lr * weight_decay) - direction * lr
-    return (p, *_quantize(m * beta2 + g * (1 - beta2), True))
+    direction, m = lion_direction(m, g, beta1=beta1, beta2=beta2)
+    p = apply_update(param.to(g.dtype), direction, lr=lr, weight_decay=weight_decay)
+    return (p, *_quantize(m, True))
 
 
 def _adamw32(
@@ -128,11 +154,9 @@ def _adamw32(
     g = grad.to(exp_avg.dtype)
     if maximize:
         g = -g
-    m = exp_avg * beta1 + g * (1 - beta1)
-    v = exp_avg_sq * beta2 + g * g * (1 - beta2)
-    denom = torch.sqrt(v) / bias_correction2**0.5 + eps
-    p = param.to(g.dtype) * (1 - lr * weight_decay) - (lr / bias_correction1) * (m / denom)
-    return p, m, v
+    return _bnb_adamw(param.to(g.dtype), exp_avg, exp_avg_sq, g, lr=lr, beta1=beta1,
+                      beta2=beta2, eps=eps, weight_decay=weight_decay,
+                      bias_correction1=bias_correction1, bias_correction2=bias_correction2)
 
 
 def _lion32(
@@ -150,9 +174,8 @@ def _lion32(
     g = grad.to(exp_avg.dtype)
     if maximize:
         g = -g
-    direction = torch.sign(exp_avg * beta1 + g * (1 - beta1))
-    p = param.to(g.dtype) * (1 - lr * weight_decay) - direction * lr
-    return p, exp_avg * beta2 + g * (1 - beta2)
+    direction, m = lion_direction(exp_avg, g, beta1=beta1, beta2=beta2)
+    return apply_update(param.to(g.dtype), direction, lr=lr, weight_decay=weight_decay), m
 
 
 #: ``(param, exp_avg, exp_avg_absmax, exp_avg_sq, exp_avg_sq_absmax, grad)``; blockwise, so
@@ -166,7 +189,6 @@ lion32_rule = Rule(_lion32, n_out=2, elementwise=True, name="lion32")
 
 
 _COMPILED: dict[Rule, Callable[..., None]] = {}
-_SCALARS: dict[tuple[torch.device, str], Tensor] = {}
 
 
 def _compiled(rule: Rule) -> Callable[..., None]:
@@ -191,17 +213,6 @@ def _compiled(rule: Rule) -> Callable[..., None]:
     return fn
 
 
-def _scalar(device: torch.device, name: str, value: float) -> Tensor:
-    """A persistent fp32 0-d tensor refilled in place: a new lr does not recompile, and the
-    graph computes in fp32 (Python floats would make inductor compute in double)."""
-    t = _SCALARS.get((device, name))
-    if t is None:
-        t = _SCALARS[(device, name)] = torch.tensor(value, dtype=torch.float32, device=device)
-    else:
-        t.fill_(value)
-    return t
-
-
 def run_8bit(
     rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any], backend: str
 ) -> None:
@@ -222,7 +233,7 @@ def run_8bit(
         prepare(first.device)
         fn = _compiled(rule)
         scalars = {
-            k: v if isinstance(v, bool) else _scalar(first.device, k, float(v))
+            k: v if isinstance(v, bool) else persistent_scalar(first.device, _FP32, k, float(v))
             for k, v in hyper.items()
         }
     for tensors in zip(*lists):
