@@ -16,9 +16,11 @@ from optforge.__main__ import main
 from optforge.bench.executors import parse_executor
 
 # Two trials (one per worker), different configurations; test_study covers more trials on Dask.
+# Evaluations by steps (``--protocol optforge``): AlgoPerf's time-based cadence would put the
+# curve's points where a loaded machine's clock says, and the records would differ by executor.
 ARGV = ["bench", "run", "--workloads", "click_ctr", "--submissions", "adamw,lion",
         "--ruleset", "external", "--trials", "1", "--studies", "1", "--seed", "3",
-        "--max-steps", "12", "--no-progress"]
+        "--max-steps", "12", "--protocol", "optforge", "--no-progress"]
 KEYS = ("trial_id", "hparams", "hparams_used", "seed", "status", "steps", "stop_reason",
         "steps_to_target", "final_metric", "best_metric", "data_hash", "torch_threads")
 

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from optforge._validation import check_in_range, check_non_negative, check_positive
-from optforge.bench.submission import RegistrySubmission, cosine_warmup_factor, register_submission
+from optforge.bench.submission import RegistrySubmission, cosine_warmup_factor
 from optforge.bench.workload import Workload
 
-__all__ = ["LowRankSubmission"]
+__all__ = ["LowRankSubmission", "lowrank_submission"]
 
 #: keys of the projected group (the rest of the hyperparameters go to the constructor)
 _GROUP_KEYS = ("rank_fraction", "density", "scale", "update_proj_gap")
@@ -93,9 +93,17 @@ def _frugal() -> LowRankSubmission:
     )  # fmt: skip
 
 
-for _name, _desc in (
-    ("galore_adamw", "GaLore (Zhao et al., 2024), warm-up + cosine"),
-    ("fira_adamw", "Fira (Chen et al., 2024): GaLore + scaled residual"),
-):
-    register_submission(_name, lambda n=_name, d=_desc: _projected(n, n, d))
-register_submission("frugal", _frugal)
+_DESCRIPTIONS = {
+    "galore_adamw": "GaLore (Zhao et al., 2024), warm-up + cosine",
+    "fira_adamw": "Fira (Chen et al., 2024): GaLore + scaled residual",
+}
+
+
+def lowrank_submission(name: str) -> LowRankSubmission:
+    """The ``"galore_adamw"``, ``"fira_adamw"`` or ``"frugal"`` submission."""
+    if name == "frugal":
+        return _frugal()
+    if name not in _DESCRIPTIONS:
+        raise ValueError(f"no low-rank submission {name!r}; known: "
+                         f"{sorted([*_DESCRIPTIONS, 'frugal'])}")
+    return _projected(name, name, _DESCRIPTIONS[name])

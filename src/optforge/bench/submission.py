@@ -318,8 +318,19 @@ def _zo(name: str) -> Submission:
     return zo_submission(name)
 
 
+def _lowrank(name: str) -> Submission:
+    from optforge.bench.lowrank_submissions import lowrank_submission  # imports this module
+
+    return lowrank_submission(name)
+
+
+# The zeroth-order and low-rank submissions are lazy entries: their modules import this one, and
+# a harness user who never asks for them does not import optforge.zo or optforge.lowrank.
 _REGISTRY: dict[str, Callable[[], Submission]] = {
-    **_baselines(), "mezo": lambda: _zo("mezo"), "zoadam": lambda: _zo("zoadam")}
+    **_baselines(),
+    **{name: lambda n=name: _zo(n) for name in ("mezo", "zoadam")},
+    **{name: lambda n=name: _lowrank(n) for name in ("galore_adamw", "fira_adamw", "frugal")},
+}
 
 
 def register_submission(name: str, factory: Callable[[], Submission], *,
@@ -361,5 +372,3 @@ def get_submission(name: str) -> Submission:
         raise ValueError(f"unknown submission {name!r}{hint}; known submissions: "
                          f"{', '.join(list_submissions())}")
     return _REGISTRY[name]()
-
-from optforge.bench import lowrank_submissions as _lowrank_submissions  # noqa: E402,F401
