@@ -76,10 +76,12 @@ class MapElites(SearchAlgorithm):
 
     ``ask(n)`` draws ``n`` candidates from the emitters (``n = None``: each emitter its
     ``batch_size``; otherwise ``n`` is split across emitters in proportion to their batch sizes).
-    A candidate's ``value`` is its float64 solution vector. ``tell(ids, results)`` takes one
+    It returns a :class:`~optforge.search.Candidates` batch; a candidate's ``value`` is its float64
+    solution vector, a row of the batch's ``values``. ``tell(ids, results)`` takes one
     ``(objective, measures)`` pair per id (objective: finite float, higher is better; measures:
-    ``(measure_dim,)`` finite) and inserts them into the archive in increasing id order, so a tell
-    is independent of the order of ``ids``; results of a partial tell enter the archive at once.
+    ``(measure_dim,)`` finite), or the batch's ``(objectives, measures)`` arrays, and inserts them
+    into the archive in increasing id order, so a tell is independent of the order of ``ids``;
+    results of a partial tell enter the archive at once.
 
     Args:
         archive: a :class:`GridArchive`, :class:`CVTArchive`, ... (soft thresholds included).
@@ -94,7 +96,8 @@ class MapElites(SearchAlgorithm):
         search = MapElites(archive, [GaussianEmitter(archive, sigma=0.5, batch_size=540)], seed=0)
         for _ in range(1000):
             cands = search.ask()
-            search.tell([c.id for c in cands], [evaluate(c.value) for c in cands])
+            search.tell(cands, [evaluate(c.value) for c in cands])  # or, vectorized:
+            # search.tell(cands, sphere(cands.values))
         search.stats.qd_score
     """
 
