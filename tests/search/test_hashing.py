@@ -539,3 +539,38 @@ def test_in_flight_audits_survive_a_state_round_trip():
         s.tell([miss.id, audits[1].id, audits[2].id], [0.5, 0.5, 0.5])
     assert a.telemetry == b.telemetry
     assert (b.telemetry["audited"], b.telemetry["wrong_hits"]) == (3, 1)
+
+
+class _TrueWrongHits(RegularizedEvolution):
+    """Evolution that checks every fitness it is told against the candidate's true fitness."""
+
+    def __init__(self, fitness, **kwargs):
+        super().__init__(TOY_SPACE.init, TOY_SPACE.mutate, **kwargs)
+        self.fitness, self.values, self.wrong = fitness, {}, 0
+
+    def ask(self, n=None):
+        out = super().ask(n)
+        self.values.update((c.id, c.value) for c in out)
+        return out
+
+    def tell(self, ids, results):
+        for i, v in zip(ids, results):
+            f = self.fitness(self.values.pop(i))
+            self.wrong += abs(v - f) > 1e-12 + 1e-6 * abs(f)
+        super().tell(ids, results)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_audit_interval_covers_the_true_wrong_share_of_all_hits(seed):
+    # A weak hash (4 probes, 2 digits) answers many hits wrongly, from the cache and from
+    # evaluations in flight; the audit's 95% interval must cover the true share of wrong values
+    # among all hits it answered (audited and forced hits were evaluated, not answered).
+    evo = _TrueWrongHits(toy_fitness, population_size=100, sample_size=10, seed=seed)
+    key = FunctionalHash(ProgramProbe(("g", "m"), n_probes=4), significant_digits=2)
+    search = FunctionalHashing(evo, key, probe_cost=4 / 256, audit_rate=0.25, seed=seed)
+    _drive(evo, search, 1500)
+    t = search.telemetry
+    answered = t["hits"] - t["audits"] - t["forced"]
+    true_rate = evo.wrong / answered
+    assert t["inflight_hits"] > 0 and evo.wrong > 0
+    assert t["wrong_hit_rate_low"] <= true_rate <= t["wrong_hit_rate_high"], (t, true_rate)
