@@ -5,9 +5,10 @@ audit's interval cover that rate?
 Regularized evolution (P = 100, S = 10) over 10-instruction programs of inputs ``x, y`` and 4
 registers (ops add, sub, mul, div, max, min, sign, square, tanh, scale); fitness = −MSE on 512
 fixed points ``x, y ~ U(−3, 3)``. For each probe set the run counts, for *every* hit answered
-from the cache (not only audited ones), whether the cached fitness equals the candidate's true
-fitness (|Δ| <= 1e-12 + 1e-6·|f|, the audit tolerance): the true wrong-hit rate. Audits (2% of
-hits, the default) estimate it; the Clopper-Pearson 95% interval is reported beside the truth.
+from the cache or from an evaluation in flight (not only audited ones), whether the fitness it
+was told equals the candidate's true fitness (|Δ| <= 1e-12 + 1e-6·|f|, the audit tolerance): the
+true wrong-hit rate. Audits (2% of hits of both kinds, the default) estimate it; the
+Clopper-Pearson 95% interval is reported beside the truth.
 
     OMP_NUM_THREADS=1 python benchmarks/search_hashing_symbolic.py [--seeds 5] [--children 5000]
 """

@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from optforge.search import Candidates
 from optforge.search.qd import (
     CMAES,
     AddStatus,
@@ -655,13 +656,14 @@ def test_cma_emitter_bad_arguments(kwargs, msg):
         EvolutionStrategyEmitter(grid(), **{"sigma0": 0.5, **kwargs})
 
 
-def test_ask_arrays_and_tell_arrays_give_the_same_search_as_ask_and_tell():
-    def make():
-        a = grid(dims=(5, 5), solution_dim=4)
-        emitters = [GaussianEmitter(a, sigma=0.3, batch_size=7), IsoLineEmitter(a, batch_size=5)]
-        return MapElites(a, emitters, seed=3)
+def two_emitter_search() -> MapElites:
+    a = grid(dims=(5, 5), solution_dim=4)
+    emitters = [GaussianEmitter(a, sigma=0.3, batch_size=7), IsoLineEmitter(a, batch_size=5)]
+    return MapElites(a, emitters, seed=3)
 
-    plain, arrays = make(), make()
+
+def test_ask_arrays_and_tell_arrays_give_the_same_search_as_ask_and_tell():
+    plain, arrays = two_emitter_search(), two_emitter_search()
     for _ in range(6):
         cands = plain.ask()
         ids, sol = arrays.ask_arrays()
@@ -673,3 +675,44 @@ def test_ask_arrays_and_tell_arrays_give_the_same_search_as_ask_and_tell():
     for k, v in plain.archive.elites().items():
         np.testing.assert_array_equal(v, arrays.archive.elites()[k])
     assert plain.pending == arrays.pending == []
+
+
+def test_ask_returns_a_batch_that_is_a_sequence_of_candidates_and_tells_as_arrays():
+    pairs, batch = two_emitter_search(), two_emitter_search()
+    for step in range(6):
+        listed = pairs.ask()
+        cands = batch.ask()
+        assert isinstance(cands, Candidates) and len(cands) == 12
+        # The same candidates as objects: indexing, iteration, slices, + with a list.
+        assert list(cands) == cands and cands[-1].id == cands.ids[-1] == listed[-1].id
+        expected_ids = list(range(12 * step, 12 * step + 12))
+        assert cands.ids.tolist() == [c.id for c in listed] == expected_ids
+        np.testing.assert_array_equal(cands.values, np.stack([c.value for c in listed]))
+        assert cands[2:4] + [cands[0]] == [cands[2], cands[3], cands[0]]
+        assert np.shares_memory(cands[3].value, cands.values)  # rows are views, not copies
+        obj, meas = -np.sum(cands.values**2, axis=1), cands.values[:, :2] % 1.0
+        pairs.tell([c.id for c in listed], list(zip(obj, meas)))
+        batch.tell(cands, (obj, meas))  # one pair of arrays: the vectorized tell
+    for k, v in pairs.archive.elites().items():
+        np.testing.assert_array_equal(v, batch.archive.elites()[k])
+    assert pairs.pending == batch.pending == []
+
+
+@pytest.mark.parametrize(
+    "objectives",
+    [np.array([True, False]), np.array(["1.0", "2.0"]), ["1.0", 2.0], [True, 1.0]],
+    ids=["bool array", "str array", "str list", "bool list"],
+)
+def test_array_tells_reject_non_number_objectives(objectives):
+    a = grid()
+    s = MapElites(a, [GaussianEmitter(a, sigma=0.1, batch_size=2)], seed=0)
+    cands = s.ask()
+    meas = np.zeros((2, 2))
+    with pytest.raises(TypeError, match="real number"):
+        s.tell_arrays(cands.ids, objectives, meas)
+    if isinstance(objectives, np.ndarray):
+        with pytest.raises(TypeError, match="real number"):
+            s.tell(cands, (objectives, meas))
+    assert s.pending == cands.ids.tolist()  # nothing was told
+    s.tell(cands, (np.array([1.0, 2.0]), meas))
+    assert s.pending == [] and len(a) == 1

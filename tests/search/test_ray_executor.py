@@ -1,5 +1,5 @@
-"""run() on a local Ray (``ray.init(num_cpus=2)``): same search as inline for the same seed; a
-failing or dying task fails only its candidate."""
+"""run() on a local Ray (``ray.init(num_cpus=2)``): same search as inline and as the default
+process pool for the same seed; a failing or dying task fails only its candidate."""
 
 from __future__ import annotations
 
@@ -41,14 +41,17 @@ def test_ray_needs_ray_init():
         RayExecutor()
 
 
-def test_ray_gives_the_same_search_as_inline(local_ray):
+@pytest.mark.parametrize("reference", ["inline", "process pool"])
+def test_ray_gives_the_same_search_as_inline_and_the_process_pool(local_ray, reference):
     ref = make_search()
-    h_ref = run(ref, sphere_one, budget=12, executor="inline")
+    executor = "inline" if reference == "inline" else None  # None: run's own spawn pool
+    h_ref = run(ref, sphere_one, budget=12, executor=executor)
     other = make_search()
     h_ray = run(other, sphere_one, budget=12, executor=RayExecutor())
     assert [e.id for e in h_ray.evaluations] == [e.id for e in h_ref.evaluations]
     for a, b in zip(h_ray.evaluations, h_ref.evaluations):
         assert a.ok and a.result[0] == b.result[0]
+        np.testing.assert_array_equal(a.result[1], b.result[1])
     ea, eb = ref.archive.elites(), other.archive.elites()
     for k in ea:
         np.testing.assert_array_equal(ea[k], eb[k], err_msg=k)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from optforge.search.base import Candidate, SearchAlgorithm
+from optforge.search.base import Candidate, Candidates, SearchAlgorithm
 
 # Eager, or importing the module optforge.search.run first would shadow the function run.
 from optforge.search.run import Evaluation, EvaluationError, SearchHistory, SerialExecutor, run
@@ -74,6 +74,7 @@ _LAZY = {
 __all__ = [
     # contract and loop
     "Candidate",
+    "Candidates",
     "Evaluation",
     "EvaluationError",
     "SearchAlgorithm",

@@ -31,6 +31,7 @@ import torch
 
 __all__ = [
     "Candidate",
+    "Candidates",
     "SearchAlgorithm",
     "array_from_state",
     "array_to_state",
@@ -57,6 +58,66 @@ class Candidate:
     value: Any
 
 
+class Candidates(Sequence):
+    """A batch of candidates with consecutive ids, backed by one ``(k, d)`` array of values.
+
+    What :meth:`MapElites.ask <optforge.search.qd.MapElites.ask>` returns: a read-only sequence of
+    :class:`Candidate` (index it, iterate it, slice it into a list, ``+`` it to a list), built on
+    first use, plus the whole batch as arrays, so a vectorized evaluation needs no object per
+    row. Pass it (or ``.ids``) as the ``ids`` of ``tell``.
+
+    Attributes:
+        ids: ``(k,)`` int64 candidate ids, ``first, first + 1, ...``.
+        values: ``(k, d)`` float64; ``self[i].value`` is the row ``values[i]`` (a view).
+    """
+
+    __slots__ = ("first", "values", "_items")
+
+    def __init__(self, first: int, values: np.ndarray) -> None:
+        self.first = int(first)
+        self.values = values
+        self._items: list[Candidate] | None = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.arange(self.first, self.first + len(self.values), dtype=np.int64)
+
+    def id_range(self) -> range:
+        """The ids as a ``range`` (what ``check_ids`` reads without a look-up per id)."""
+        return range(self.first, self.first + len(self.values))
+
+    def _list(self) -> list[Candidate]:
+        if self._items is None:
+            self._items = list(map(Candidate, self.id_range(), self.values))
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._list()[index]
+
+    def __iter__(self) -> Any:
+        return iter(self._list())
+
+    def __add__(self, other: Any) -> list[Candidate]:
+        return self._list() + list(other)
+
+    def __radd__(self, other: Any) -> list[Candidate]:
+        return list(other) + self._list()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Candidates):
+            other = other._list()
+        return isinstance(other, list) and self._list() == other
+
+    __hash__ = None  # type: ignore[assignment]  # mutable values, as a list
+
+    def __repr__(self) -> str:
+        k = len(self)
+        return f"Candidates(ids {self.first}..{self.first + k - 1}, values {self.values.shape})"
+
+
 class SearchAlgorithm(ABC):
     """Abstract ask/tell search algorithm.
 
@@ -75,8 +136,9 @@ class SearchAlgorithm(ABC):
     maximize: bool = True
 
     @abstractmethod
-    def ask(self, n: int | None = None) -> list[Candidate]:
-        """Propose ``n`` candidates (``None``: the algorithm's natural batch size)."""
+    def ask(self, n: int | None = None) -> Sequence[Candidate]:
+        """Propose ``n`` candidates (``None``: the algorithm's natural batch size): a list, or a
+        :class:`Candidates` batch (MAP-Elites)."""
 
     @abstractmethod
     def tell(self, ids: Sequence[int], results: Sequence[Any]) -> None:
@@ -128,11 +190,16 @@ def check_ids(ids: Sequence[int], pending: Any, results: Sequence[Any] | None = 
     pending (unknown, already told or discarded), an id repeated within the call, or a length
     mismatch with ``results``. Raises ``TypeError`` for a non-integer id.
     """
-    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray):
+    if isinstance(ids, Candidates):
+        ids = ids.id_range()
+    if isinstance(ids, range):
+        out = list(ids)  # ints by construction
+    elif isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence | np.ndarray):
         raise TypeError(f"ids must be a sequence of ints (got {type(ids).__name__})")
-    if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":
-        ids = ids.tolist()  # plain ints at once, not a numpy scalar check per id
-    out = [i if type(i) is int else _as_id(i) for i in ids]
+    elif isinstance(ids, np.ndarray) and ids.dtype.kind in "iu" and ids.ndim == 1:
+        out = ids.tolist()  # plain ints at once, not a numpy scalar check per id
+    else:
+        out = [i if type(i) is int else _as_id(i) for i in ids]
     if results is not None and len(results) != len(out):
         raise ValueError(
             f"results must have one entry per id: len(ids) = {len(out)} "

@@ -177,8 +177,9 @@ class ProgramProbe:
     without replacement (all rows when ``n_probes >= len(data)``): only outputs on the fitness
     inputs decide a fitness, and probes drawn elsewhere can miss where the data lies (``max``/
     ``min`` programs that differ only there). On symbolic regression of ``tanh(xy) + 0.3(x -
-    y)^2`` (``benchmarks/search_hashing_symbolic.py``, 5 seeds x 5,000 children) 256 probes from
-    the data gave 0 wrong fitnesses in 20,634 hits, the default 256 probes 3 in 20,492.
+    y)^2`` (``benchmarks/search_hashing_symbolic.py``, 5 seeds x 5,000 children, 512 data rows)
+    256 probes from the data gave 0 and 14 wrong fitnesses in ~20,000 hits in two runs, the
+    default 256 probes 3 and 2.
 
     Args:
         inputs: input names, as the programs' ``inputs``.
@@ -342,11 +343,13 @@ class FunctionalHashing(SearchAlgorithm):
        ``probe_cost``);
     2. if the functional key is being evaluated right now (a duplicate in flight), attaches the
        candidate to that evaluation: it is told the same result;
-    3. on a cache hit tells the cached fitness to the wrapped algorithm at once, except that
-       with probability ``audit_rate`` the hit is *audited*: returned for a full evaluation
-       whose result is compared with the cached one (a mismatch beyond ``audit_rtol``/
-       ``audit_atol`` is a *wrong hit*);
-    4. on a miss, or a refresh after ``cache.forget_after`` hits, returns the candidate for a
+    3. on a cache hit tells the cached fitness to the wrapped algorithm at once;
+    4. audits either kind of hit with probability ``audit_rate``: the hit is returned for a full
+       evaluation of its own, whose result is compared with the value the hit would have been
+       told (the cached fitness, or the result of the evaluation in flight once it is told); a
+       mismatch beyond ``audit_rtol``/``audit_atol`` is a *wrong hit*. Both kinds are sampled
+       alike, so ``wrong_hits / audited`` estimates the wrong share of all hits;
+    5. on a miss, or a refresh after ``cache.forget_after`` hits, returns the candidate for a
        full evaluation; ``tell`` records its result in the cache: averaged with the key's
        earlier evaluations when it agrees with them within the audit tolerance (noise),
        replacing them when it does not (a collision: the mean of two functions helps no one).
@@ -428,6 +431,10 @@ class FunctionalHashing(SearchAlgorithm):
         self._issued: dict[int, list] = {}
         self._inflight: dict[str, int] = {}  # functional key -> issued id evaluating it
         self._attached: dict[int, list[int]] = {}  # issued id -> duplicate ids waiting on it
+        # Audits of in-flight hits: issued id -> audit ids that compare with its result, and
+        # audit id -> its own result while the evaluation it audits is still pending.
+        self._audits_of: dict[int, list[int]] = {}
+        self._audit_results: dict[int, float] = {}
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._probe_seconds = 0.0
 
@@ -483,7 +490,14 @@ class FunctionalHashing(SearchAlgorithm):
         if fkey in self._inflight:
             c["hits"] += 1
             c["inflight_hits"] += 1
-            self._attached.setdefault(self._inflight[fkey], []).append(cand.id)
+            ref = self._inflight[fkey]
+            if not force and self._audit_draw():
+                # Evaluated on its own; compared with ref's result when both are told.
+                c["audits"] += 1
+                self._issued[cand.id] = [fkey, "audit", None]
+                self._audits_of.setdefault(ref, []).append(cand.id)
+                return False
+            self._attached.setdefault(ref, []).append(cand.id)
             return True
         status, cached = self.cache.lookup(fkey)
         if status == "hit":
@@ -492,7 +506,7 @@ class FunctionalHashing(SearchAlgorithm):
                 c["forced"] += 1
                 self._issue(cand.id, fkey, "refresh", cached)
                 return False
-            if self.audit_rate > 0 and self._rng.random() < self.audit_rate:
+            if self._audit_draw():
                 c["audits"] += 1
                 self._issue(cand.id, fkey, "audit", cached)
                 return False
@@ -501,6 +515,16 @@ class FunctionalHashing(SearchAlgorithm):
         c["refreshes" if status == "refresh" else "misses"] += 1
         self._issue(cand.id, fkey, status, cached)
         return False
+
+    def _audit_draw(self) -> bool:
+        return self.audit_rate > 0 and self._rng.random() < self.audit_rate
+
+    def _compare(self, value: float, answer: float) -> bool:
+        """Count one audit: ``value`` (the audit's own result) against the hit's ``answer``."""
+        wrong = abs(value - answer) > self.audit_atol + self.audit_rtol * abs(answer)
+        self._counts["audited"] += 1
+        self._counts["wrong_hits"] += wrong
+        return wrong
 
     def _issue(self, id: int, fkey: str, kind: str, cached: float | None) -> None:
         self._issued[id] = [fkey, kind, cached]
@@ -527,19 +551,34 @@ class FunctionalHashing(SearchAlgorithm):
             fkey, kind, cached = self._issued.pop(i)
             self._attached.pop(i, None)
             self._counts["full_evaluations"] += 1
-            mismatch = cached is not None and abs(v - cached) > (
-                self.audit_atol + self.audit_rtol * abs(cached)
-            )
+            # In-flight hits audited against this evaluation: compare those already told, give
+            # the others this result as the answer their hit would have got.
+            for a in self._audits_of.pop(i, ()):
+                if a in self._audit_results:
+                    self._compare(self._audit_results.pop(a), v)
+                else:
+                    self._issued[a][2] = v
             if kind == "audit":
-                self._counts["audited"] += 1
-                self._counts["wrong_hits"] += mismatch
+                if cached is not None:
+                    mismatch = self._compare(v, cached)
+                elif self._audit_pending(i):
+                    self._audit_results[i] = v  # compared when the audited evaluation is told
+                    continue
+                else:
+                    continue  # the evaluation it audited was discarded: nothing to compare
             else:
+                mismatch = cached is not None and abs(v - cached) > (
+                    self.audit_atol + self.audit_rtol * abs(cached)
+                )
                 if kind == "refresh":
                     self._counts["refresh_mismatches"] += mismatch
                 del self._inflight[fkey]
             # Within tolerance: noise, averaged. Beyond: the key is shared by another function
             # (a collision); keep the fresh value rather than a mean of two functions.
             self.cache.record(fkey, v, replace=mismatch)
+
+    def _audit_pending(self, audit_id: int) -> bool:
+        return any(audit_id in audits for audits in self._audits_of.values())
 
     def discard(self, ids: Sequence[int]) -> None:
         """Forget failed evaluations, and the duplicates attached to them (the cache is
@@ -552,6 +591,12 @@ class FunctionalHashing(SearchAlgorithm):
             self._attached.pop(i, None)
             if kind != "audit":
                 del self._inflight[fkey]
+            # Audits of a discarded evaluation have no answer to compare with.
+            for a in self._audits_of.pop(i, ()):
+                self._audit_results.pop(a, None)
+            for audits in self._audits_of.values():
+                if i in audits:
+                    audits.remove(i)
             self._counts["discarded"] += 1
 
     @property
@@ -579,10 +624,11 @@ class FunctionalHashing(SearchAlgorithm):
         - ``misses``, ``refreshes``, ``audits``, ``forced``: candidates ``ask`` returned, by
           reason; ``full_evaluations``: results told (discarded ones are not counted);
           ``effective_evaluations = full_evaluations + probe_cost · probes``;
-        - ``audits`` (issued), ``audited`` (told), ``wrong_hits``, ``wrong_hit_rate =
-          wrong_hits / audited``, an unbiased estimate of the share of cache hits answered with
-          a wrong fitness (audits are a uniform draw of those hits), and its 95% Clopper-Pearson
-          interval ``wrong_hit_rate_low``, ``wrong_hit_rate_high``;
+        - ``audits`` (issued), ``audited`` (compared: the audit and, for an in-flight hit, the
+          evaluation it duplicates were both told), ``wrong_hits``, ``wrong_hit_rate =
+          wrong_hits / audited``, an unbiased estimate of the share of hits, cache and in-flight
+          alike, answered with a wrong fitness (audits are a uniform draw of all hits), and its
+          95% Clopper-Pearson interval ``wrong_hit_rate_low``, ``wrong_hit_rate_high``;
           ``refreshes`` and ``refresh_mismatches`` likewise for forget-after-N re-evaluations;
         - ``evaluations_saved = candidates − effective_evaluations`` (against no cache, where
           each candidate is one full evaluation); ``discarded``; ``cache_size``.
@@ -615,6 +661,8 @@ class FunctionalHashing(SearchAlgorithm):
             "structural_values": list(self._structural.values()),
             "issued": [[i, *e] for i, e in sorted(self._issued.items())],
             "attached": [[i, list(js)] for i, js in sorted(self._attached.items())],
+            "audits_of": [[i, list(js)] for i, js in sorted(self._audits_of.items())],
+            "audit_results": [[i, v] for i, v in sorted(self._audit_results.items())],
             "counts": dict(self._counts),
             "probe_seconds": self._probe_seconds,
             "rng": rng_to_state(self._rng),
@@ -634,6 +682,8 @@ class FunctionalHashing(SearchAlgorithm):
         }
         self._inflight = {e[0]: i for i, e in self._issued.items() if e[1] != "audit"}
         self._attached = {int(i): [int(j) for j in js] for i, js in state["attached"]}
+        self._audits_of = {int(i): [int(j) for j in js] for i, js in state.get("audits_of", [])}
+        self._audit_results = {int(i): float(v) for i, v in state.get("audit_results", [])}
         self._counts = {k: int(state["counts"][k]) for k in _COUNTERS}
         self._probe_seconds = float(state["probe_seconds"])
         self._rng = rng_from_state(state["rng"])

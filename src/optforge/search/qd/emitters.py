@@ -171,7 +171,9 @@ class GaussianEmitter(EmitterBase):
             parents = np.broadcast_to(self.x0, (n, d))
         else:
             parents = self.archive.sample_elites(n, rng)
-        return self._clip(parents + rng.normal(scale=self.sigma, size=(n, d)))
+        noise = rng.normal(scale=self.sigma, size=(n, d))
+        noise += parents  # in place: one (n, d) temporary fewer per ask
+        return self._clip(noise)
 
 
 class IsoLineEmitter(EmitterBase):
@@ -217,4 +219,7 @@ class IsoLineEmitter(EmitterBase):
             direction = pairs[n:] - x1
         iso = rng.normal(scale=self.iso_sigma, size=(n, d))
         line = rng.normal(scale=self.line_sigma, size=(n, 1))
-        return self._clip(x1 + iso + line * direction)
+        direction *= line  # in place, same arithmetic as x1 + iso + line * direction
+        iso += x1
+        iso += direction
+        return self._clip(iso)

@@ -8,6 +8,7 @@ subset of pending candidates in any order, discard failures, and resume exactly 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from optforge._validation import check_int
 from optforge.search.base import (
-    Candidate,
+    Candidates,
     SearchAlgorithm,
     array_from_state,
     array_to_state,
@@ -40,15 +41,47 @@ _VERSION = 1
 _NUMBER_TYPES = {float, int, np.float64, np.float32, np.float16, np.int64, np.int32}
 
 
+def _is_array_pair(results: Any) -> bool:
+    """``(objectives (n,), measures (n, m))`` arrays rather than a sequence of result pairs."""
+    return (
+        isinstance(results, (tuple, list))
+        and len(results) == 2
+        and isinstance(results[0], (np.ndarray, torch.Tensor))
+        and isinstance(results[1], (np.ndarray, torch.Tensor))
+        and results[0].ndim == 1
+        and results[1].ndim == 2
+    )
+
+
+def _objectives_array(objectives: Any) -> np.ndarray:
+    """Objectives as float64, refusing strings and booleans as ``tell`` does (numpy would
+    convert ``"1.0"`` and ``True``)."""
+    if isinstance(objectives, np.ndarray) and objectives.dtype.kind in "fiu":
+        return objectives.astype(np.float64, copy=False)
+    if isinstance(objectives, np.ndarray) and objectives.dtype.kind != "O":
+        raise TypeError(
+            f"objectives must be real numbers (got an array of dtype {objectives.dtype})"
+        )
+    items = list(np.ravel(np.asarray(objectives, dtype=object)))
+    if not set(map(type, items)) <= _NUMBER_TYPES:
+        for k, v in enumerate(items):
+            # TypeError for "1.0", True; a non-finite value is reported by tell_arrays with ids.
+            with contextlib.suppress(ValueError):
+                check_finite_number(f"objectives[{k}]", v)
+    return np.asarray(objectives, dtype=np.float64)
+
+
 class MapElites(SearchAlgorithm):
     """MAP-Elites (and its variants, chosen by archive and emitters) with ask/tell by id.
 
     ``ask(n)`` draws ``n`` candidates from the emitters (``n = None``: each emitter its
     ``batch_size``; otherwise ``n`` is split across emitters in proportion to their batch sizes).
-    A candidate's ``value`` is its float64 solution vector. ``tell(ids, results)`` takes one
+    It returns a :class:`~optforge.search.Candidates` batch; a candidate's ``value`` is its float64
+    solution vector, a row of the batch's ``values``. ``tell(ids, results)`` takes one
     ``(objective, measures)`` pair per id (objective: finite float, higher is better; measures:
-    ``(measure_dim,)`` finite) and inserts them into the archive in increasing id order, so a tell
-    is independent of the order of ``ids``; results of a partial tell enter the archive at once.
+    ``(measure_dim,)`` finite), or the batch's ``(objectives, measures)`` arrays, and inserts them
+    into the archive in increasing id order, so a tell is independent of the order of ``ids``;
+    results of a partial tell enter the archive at once.
 
     Args:
         archive: a :class:`GridArchive`, :class:`CVTArchive`, ... (soft thresholds included).
@@ -63,7 +96,8 @@ class MapElites(SearchAlgorithm):
         search = MapElites(archive, [GaussianEmitter(archive, sigma=0.5, batch_size=540)], seed=0)
         for _ in range(1000):
             cands = search.ask()
-            search.tell([c.id for c in cands], [evaluate(c.value) for c in cands])
+            search.tell(cands, [evaluate(c.value) for c in cands])  # or, vectorized:
+            # search.tell(cands, sphere(cands.values))
         search.stats.qd_score
     """
 
@@ -142,10 +176,15 @@ class MapElites(SearchAlgorithm):
         counts[extra] += 1
         return counts.tolist()
 
-    def ask(self, n: int | None = None) -> list[Candidate]:
-        """Propose ``n`` candidates (default: :attr:`batch_size`)."""
+    def ask(self, n: int | None = None) -> Candidates:
+        """Propose ``n`` candidates (default: :attr:`batch_size`).
+
+        Returns a :class:`~optforge.search.Candidates` batch: a sequence of ``Candidate(id,
+        value)`` that also holds the batch as arrays (``.ids``, ``.values (k, d)``), so a
+        vectorized evaluation builds no object per candidate.
+        """
         ids, solutions = self.ask_arrays(n)
-        return list(map(Candidate, ids.tolist(), solutions))
+        return Candidates(int(ids[0]), solutions)
 
     def ask_arrays(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectorized :meth:`ask`: candidate ids ``(k,)`` int64 and solutions ``(k, d)``.
@@ -219,16 +258,17 @@ class MapElites(SearchAlgorithm):
 
     def _parse(self, ids: list[int], results: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         n, m = len(ids), self.archive.measure_dim
-        # Fast path: well-formed pairs of numbers convert in two numpy calls.
+        # Fast path: well-formed pairs of numbers convert in two numpy calls (a transpose in C,
+        # no Python work per row beyond len and type look-ups; this is the hot path of a tell).
         try:
-            pairs = [(f, b) for f, b in results]
-            objs = [f for f, _ in pairs]
+            if set(map(len, results)) != {2}:
+                raise TypeError
+            objs, meas = zip(*results)
             # numpy would convert "1.0" and True; the slow path rejects them as every tell() does.
-            # (One set of types, not an isinstance per row: this is the hot path of a tell.)
             if not set(map(type, objs)) <= _NUMBER_TYPES:
                 raise TypeError
-            objectives = np.array(objs, dtype=np.float64)
-            measures = np.array([b for _, b in pairs], dtype=np.float64)
+            objectives = np.fromiter(objs, dtype=np.float64, count=n)
+            measures = np.array(meas, dtype=np.float64)
         except (TypeError, ValueError, RuntimeError):
             objectives = measures = None
         if (
@@ -277,12 +317,21 @@ class MapElites(SearchAlgorithm):
         failure policy."""
         self._parse_slowly(["the result"], [result])
 
-    def tell(self, ids: Sequence[int], results: Sequence[Any]) -> None:
+    def tell(self, ids: Sequence[int], results: Any) -> None:
         """Report ``(objective, measures)`` for pending ``ids`` (any order, any subset).
+
+        ``ids``: ints, ``Candidate`` s, or a :class:`~optforge.search.Candidates` batch.
+        ``results``: one ``(objective, measures)`` pair per id, or the whole batch as one pair of
+        arrays ``(objectives (n,), measures (n, m))`` (what a vectorized objective returns, e.g.
+        ``search.tell(cands, sphere(cands.values))``; same as :meth:`tell_arrays`). The two
+        cannot be confused: a pair whose objective is an ``(n,)`` array is not a valid result.
 
         Raises ``ValueError`` (and changes nothing) for an id that is not pending, a repeated
         id, a length mismatch, a non-finite objective or measure, or measures of the wrong shape.
         """
+        if _is_array_pair(results):
+            self.tell_arrays(ids, *results)
+            return
         ids = check_ids(ids, self._pending, results)
         objectives, measures = self._parse(ids, results)
         self._insert(ids, objectives, measures)
@@ -291,7 +340,11 @@ class MapElites(SearchAlgorithm):
         """Vectorized :meth:`tell`: ``objectives (n,)`` and ``measures (n, m)`` arrays."""
         ids = check_ids(ids, self._pending)
         n, m = len(ids), self.archive.measure_dim
-        obj = np.asarray(objectives, dtype=np.float64)
+        if isinstance(objectives, torch.Tensor):
+            objectives = objectives.detach().cpu().numpy()
+        if isinstance(measures, torch.Tensor):
+            measures = measures.detach().cpu().numpy()
+        obj = _objectives_array(objectives)
         meas = np.asarray(measures, dtype=np.float64)
         if obj.shape != (n,) or meas.shape != (n, m):
             raise ValueError(
@@ -309,14 +362,18 @@ class MapElites(SearchAlgorithm):
     def _insert(self, ids: list[int], objectives: np.ndarray, measures: np.ndarray) -> None:
         if not ids:
             return
-        order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
-        ids = [ids[i] for i in order]
-        objectives, measures = objectives[order], measures[order]
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        if ids_arr.size > 1 and not (ids_arr[1:] > ids_arr[:-1]).all():
+            order = np.argsort(ids_arr, kind="stable")
+            ids_arr, objectives, measures = ids_arr[order], objectives[order], measures[order]
+            ids = ids_arr.tolist()
         solutions, owner = self._take(ids)
         feedback = self.archive.add(solutions, objectives, measures)
         if self.result_archive is not None:
             self.result_archive.add(solutions, objectives, measures)
-        for i, e in enumerate(self.emitters):
+        if len(self.emitters) == 1:  # every row is the one emitter's: no per-emitter slices
+            self.emitters[0].tell(solutions, objectives, measures, feedback, ids=ids_arr)
+        for i, e in enumerate(self.emitters if len(self.emitters) > 1 else ()):
             rows = np.flatnonzero(owner == i)
             if rows.size:
                 sub = type(feedback)(*(a[rows] for a in feedback))
@@ -325,7 +382,7 @@ class MapElites(SearchAlgorithm):
                     objectives[rows],
                     measures[rows],
                     sub,
-                    ids=np.asarray(ids, dtype=np.int64)[rows],
+                    ids=ids_arr[rows],
                 )
         self._forget(ids)
         self.num_told += len(ids)
