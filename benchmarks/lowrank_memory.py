@@ -29,6 +29,7 @@ from optforge.lowrank import (
     NaturalGaLoreAdamW,
     PerLayerStep,
     QGaLoreAdamW8bit,
+    quantize_linear_weights,
 )
 
 
@@ -64,10 +65,86 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
     )
 
 
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the storages behind the model's parameters and buffers (an Int8Linear's weight
+    handle is one element; its codes, scales and zero points are buffers)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
+def measure_weights_and_state(dim: int, layers: int, divisor: int = 4) -> list[dict]:
+    """Weights + optimizer state of GaLore 8-bit and Q-GaLore at rank d/divisor, every matrix
+    of the stack projected (and, for Q-GaLore with INT8 storage, quantized)."""
+    rank = dim // divisor
+    configs = [
+        ("GaLoreAdamW8bit, fp32 weights", GaLoreAdamW8bit, torch.float32, False),
+        ("GaLoreAdamW8bit, bf16 weights", GaLoreAdamW8bit, torch.bfloat16, False),
+        ("QGaLoreAdamW8bit, fp32 weights on the 8-bit grid", QGaLoreAdamW8bit, torch.float32,
+         False),
+        ("QGaLoreAdamW8bit + quantize_linear_weights (INT8 codes)", QGaLoreAdamW8bit,
+         torch.float32, True),
+    ]  # fmt: skip
+    rows = []
+    for name, cls, dtype, int8 in configs:
+        model = llama_stack(dim, layers).to(dtype)
+        if int8:
+            quantize_linear_weights(model, target_modules=())
+        opt = cls(model.parameters(), rank=rank, update_proj_gap=200)
+        one_step(model, opt)
+        w, st = weight_bytes(model), state_bytes(opt)
+        rows.append({"method": name, "weights": w, "state": st, "total": w + st})
+    return rows
+
+
+def measure_trajectory(dim: int, layers: int, steps: int) -> list[dict]:
+    """The low-precision bases' effect on training: a student chain regresses a fixed random
+    teacher chain (MSE, fresh seeded batches of 64) with GaLoreAdamW (lr 1e-3, r = d/4,
+    refresh every 50 steps) and each basis storage; reports the final loss (mean of the last
+    10 steps) and how far the parameters end from the fp32-basis run's, relative to how far
+    that run moved."""
+    # The last row is a yardstick, not a storage: the fp32 basis with a 1% larger lr shows how
+    # far a small, harmless change moves this trajectory.
+    configs = [
+        ("fp32 basis (default)", {}),
+        ("proj_dtype=bfloat16", {"proj_dtype": "bfloat16"}),
+        ("proj_bits=8", {"proj_bits": 8}),
+        ("fp32 basis, lr × 1.01", {"lr": 1.01e-3}),
+    ]
+    torch.manual_seed(1)
+    teacher = llama_chain(dim, layers).requires_grad_(False)
+    rows, ref = [], None
+    for name, kw in configs:
+        torch.manual_seed(0)
+        model = llama_chain(dim, layers)
+        start = torch.cat([p.detach().flatten() for p in model.parameters()])
+        opt = GaLoreAdamW(model.parameters(), **{"lr": 1e-3, "rank": dim // 4,
+                                                 "update_proj_gap": 50, **kw})
+        gen, losses = torch.Generator().manual_seed(2), []
+        for _ in range(steps):
+            x = torch.randn(64, dim, generator=gen)
+            loss = torch.nn.functional.mse_loss(model(x), teacher(x))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        end = torch.cat([p.detach().flatten() for p in model.parameters()])
+        if ref is None:
+            ref = (start, end)
+        drift = float((end - ref[1]).norm() / (ref[1] - ref[0]).norm())
+        rows.append({"basis": name, "first_loss": losses[0],
+                     "final_loss": sum(losses[-10:]) / 10, "drift": drift})  # fmt: skip
+    return rows
+
+
 def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
     gen = torch.Generator().manual_seed(0)
     for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=gen)
+        p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
     opt.step()
 
 
@@ -83,6 +160,9 @@ def measure_state(dim: int, layers: int) -> list[dict]:
     configs = [
         ("GaLoreAdamW (reverse_std, default)", GaLoreAdamW, {}),
         ("GaLoreAdamW (std, official side)", GaLoreAdamW, {"proj_type": "std"}),
+        ("GaLoreAdamW (reverse_std, proj_dtype=bfloat16)", GaLoreAdamW,
+         {"proj_dtype": "bfloat16"}),
+        ("GaLoreAdamW (reverse_std, proj_bits=8)", GaLoreAdamW, {"proj_bits": 8}),
         ("GaLoreAdamW8bit", GaLoreAdamW8bit, {}),
         ("QGaLoreAdamW8bit", QGaLoreAdamW8bit, {}),
         ("FiraAdamW", FiraAdamW, {}),
@@ -196,6 +276,8 @@ def main() -> None:
     parser.add_argument("--peak-layers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--gap", type=int, default=3)
+    parser.add_argument("--trajectory-steps", type=int, default=0,
+                        help="also train with fp32, bf16 and 8-bit bases for this many steps")
     parser.add_argument("--child", type=int, default=None)
     parser.add_argument("--peak-only", action="store_true")
     args = parser.parse_args()
@@ -207,6 +289,17 @@ def main() -> None:
     for row in [] if args.peak_only else measure_state(args.dim, args.layers):
         print(f"| {row['method']} | {row['rank']} | {row['bytes'] / 2**20:.2f} | "
               f"{100 * row['ratio']:.1f}% |")  # fmt: skip
+    if args.trajectory_steps:
+        print(f"| basis | first loss | final loss | ‖θ − θ_fp32‖ / ‖θ_fp32 − θ_0‖ |  "
+              f"(d={args.dim}, {args.layers} layers, {args.trajectory_steps} steps)")  # fmt: skip
+        for row in measure_trajectory(args.dim, args.layers, args.trajectory_steps):
+            print(f"| {row['basis']} | {row['first_loss']:.4e} | {row['final_loss']:.4e} | "
+                  f"{row['drift']:.4f} |")  # fmt: skip
+    if not args.peak_only:
+        print("| method (rank d/4) | weights MiB | state MiB | weights + state MiB |")
+        for row in measure_weights_and_state(args.dim, args.layers):
+            print(f"| {row['method']} | {row['weights'] / 2**20:.2f} | "
+                  f"{row['state'] / 2**20:.2f} | {row['total'] / 2**20:.2f} |")  # fmt: skip
     whole, per_layer = measure_peak(args.peak_dim, args.peak_layers, args.steps, args.gap)
     grads, largest = whole["grad_bytes"], whole["largest_grad"]
     mib = 2**20
