@@ -92,9 +92,13 @@ def test_storage_is_one_byte_per_weight_and_the_handle_one_element() -> None:
     assert layer.weight.untyped_storage().nbytes() == 4
     assert layer.weight_codes.untyped_storage().nbytes() == 256 * 512
     assert layer.weight_scale.numel() == layer.weight_zero.numel() == 256 * 512 // 256
+    before = layer.dequantized()
     layer = layer.to(torch.float64)
     assert layer.weight.dtype == torch.float64 and layer.weight.untyped_storage().nbytes() == 8
-    assert layer.weight_codes.dtype == torch.uint8
+    layer = layer.half()  # a cast moves the handle's dtype, never the codes, scales or zeros
+    assert layer.weight.dtype == torch.float16 and layer.weight_codes.dtype == torch.uint8
+    assert layer.weight_scale.dtype == layer.weight_zero.dtype == torch.float32
+    assert torch.equal(layer.dequantized(), before)
 
 
 def _model(seed=0):

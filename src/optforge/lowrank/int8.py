@@ -23,6 +23,8 @@ rounding, so weights cost 1 byte per value plus 8 bytes per group instead of 2 o
 Forward and backward dequantize the codes on the fly (the official ``QLinear`` does the same), so
 no float copy of the weight outlives a call. Not supported: ``copy.deepcopy`` of the model (a
 Parameter's deepcopy drops the link to its codes) and DDP (it broadcasts parameters at start).
+Casting the model (``.half()``, ``.to(dtype)``) changes only the handle's dtype: codes, scales
+and zero points keep theirs.
 """
 
 from __future__ import annotations
@@ -173,12 +175,16 @@ class Int8Linear(nn.Module):
             self._parameters["weight"] = handle
 
     def _apply(self, fn: Any, recurse: bool = True) -> Int8Linear:
+        # The scale and zero point stay fp32 whatever dtype the model is cast to (a bf16 zero
+        # point would shift every weight of its group); they only follow the device.
         handle = self._parameters.pop("weight")
+        kept = {k: self._buffers.pop(k) for k in ("weight_scale", "weight_zero")}
         try:
             super()._apply(fn, recurse)
         finally:
             self._parameters["weight"] = handle
-        one = fn(torch.zeros((), dtype=handle.dtype, device=handle.device))
+            one = fn(torch.zeros((), dtype=handle.dtype, device=handle.device))
+            self._buffers.update({k: t.to(one.device) for k, t in kept.items()})
         handle.data = one.expand(handle.shape)
         if handle.grad is not None:
             handle.grad = fn(handle.grad)
