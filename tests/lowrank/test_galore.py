@@ -227,3 +227,25 @@ def test_bad_input_messages() -> None:
         GaLoreAdamW([torch.nn.Parameter(torch.randn(3, 3, dtype=torch.complex64))])
     with pytest.raises(ValueError, match="rank"):
         galore_param_groups(torch.nn.Linear(2, 2), rank=None)
+
+
+def test_bf16_basis_opt_in_halves_basis_bytes_and_follows_fp32_basis() -> None:
+    # proj_dtype="bfloat16": the basis costs 2 bytes a value (moments stay fp32), and the
+    # run stays close to the fp32-basis run (the basis is rounded, the algorithm unchanged).
+    w0 = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for proj_dtype in (None, "bfloat16"):
+        p = torch.nn.Parameter(w0.clone())
+        opt = GaLoreAdamW([p], lr=1e-2, rank=8, update_proj_gap=2, proj_dtype=proj_dtype)
+        for g in _grads((64, 16), 6, dtype=torch.float32):
+            p.grad = g
+            opt.step()
+        st = opt.state[p]
+        assert st["inner.exp_avg"].dtype == torch.float32
+        assert st["proj.P"].dtype == (torch.float32 if proj_dtype is None else torch.bfloat16)
+        assert st["proj.P"].nbytes == 64 * 8 * (4 if proj_dtype is None else 2)
+        runs[proj_dtype] = (p.detach() - w0).flatten()
+    cos = torch.nn.functional.cosine_similarity(runs[None], runs["bfloat16"], dim=0)
+    assert 0.999 < cos < 1.0  # close, and not silently the fp32 basis
+    with pytest.raises(ValueError, match="proj_dtype and proj_bits"):
+        GaLoreAdamW([torch.nn.Parameter(w0)], proj_dtype="bfloat16", proj_bits=8)

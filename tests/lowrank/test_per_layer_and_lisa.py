@@ -58,6 +58,40 @@ def test_per_layer_equals_whole_model_steps_under_accumulation(accumulation) -> 
         )
 
 
+def _live_grad_peak(model, per_layer: bool, steps: int = 2) -> int:
+    """Peak bytes of gradients alive at once over ``steps`` training steps, counted by a hook
+    that runs before PerLayerStep's (registered first: it sees each gradient just
+    accumulated, before the step frees it)."""
+    params = list(model.parameters())
+    peak = [0]
+
+    def count(_):
+        now = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
+        peak[0] = max(peak[0], now)
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(count)
+    if per_layer:
+        PerLayerStep(params, _factory)
+    else:
+        opt = GaLoreAdamW(params, lr=1e-2, rank=4, update_proj_gap=3)
+    for xy in _batches(steps):
+        _loss(model, xy).backward()
+        if not per_layer:
+            opt.step()
+            opt.zero_grad()
+    return peak[0]
+
+
+def test_per_layer_lowers_live_gradients_to_one_parameter() -> None:
+    # The memory property behind "per-layer mode lowers peak memory by the gradient bytes",
+    # counted exactly instead of through RSS: a whole-model step holds every gradient at once,
+    # per-layer updates at most the largest single one (which must exist while it is used).
+    sizes = [p.numel() * p.element_size() for p in _model().parameters()]
+    assert _live_grad_peak(_model(), per_layer=False) == sum(sizes)
+    assert _live_grad_peak(_model(), per_layer=True) == max(sizes)
+
+
 def _lisa(seed=0):
     torch.manual_seed(0)
     blocks = torch.nn.ModuleList(torch.nn.Linear(6, 6) for _ in range(4))

@@ -15,7 +15,8 @@ Method                 projector        inner           residual      on_switch
 ``LISA``               wrapper: γ sampled layers per period; the others' state freed
 =====================  ===============  ==============  ============  ==============
 
-Q-GaLore also keeps projected weights on an 8-bit grid by stochastic rounding.
+Q-GaLore also keeps projected weights on an 8-bit grid by stochastic rounding; with
+``quantize_linear_weights(model)`` they are stored as INT8 codes (``Int8Linear``).
 ``proj_type="std"`` is GaLore's official side; ``"reverse_std"`` (the default here) keeps the
 moments on min(m, n) and uses the least memory. ``galore_param_groups`` builds the groups from a
 model; ``PerLayerStep`` steps each parameter inside backward.
@@ -27,6 +28,7 @@ from optforge.lowrank.fira import FiraAdamW
 from optforge.lowrank.frugal import FRUGAL
 from optforge.lowrank.galore import GaLoreAdamW, GaLoreAdamW8bit
 from optforge.lowrank.groups import galore_param_groups
+from optforge.lowrank.int8 import Int8Linear, quantize_linear_weights
 from optforge.lowrank.lisa import LISA
 from optforge.lowrank.natural_galore import NaturalGaLoreAdamW
 from optforge.lowrank.per_layer import PerLayerStep
@@ -38,10 +40,12 @@ __all__ = [
     "FiraAdamW",
     "GaLoreAdamW",
     "GaLoreAdamW8bit",
+    "Int8Linear",
     "LISA",
     "NaturalGaLoreAdamW",
     "PerLayerStep",
     "ProjectedOptimizer",
     "QGaLoreAdamW8bit",
     "galore_param_groups",
+    "quantize_linear_weights",
 ]

@@ -9,8 +9,9 @@ that reached that parameter; on every k-th it steps that parameter's optimizer a
 micro-batches with the sum of their gradients, exactly as a whole-model step after k
 backwards would (galore-torch's per-layer mode steps on every micro-batch, #78). Between
 steps the gradients live only in ``.grad`` of the parameters still accumulating; at a step
-boundary each is freed before the next layer's is produced, which lowers peak memory by up to
-the model's gradient bytes.
+boundary each is freed before the next layer's is produced, so at most one parameter's
+gradient is alive at a time: the peak drops by the model's gradient bytes minus the largest
+single gradient (a whole-model step holds them all until ``zero_grad``).
 
 ``step_count`` is the number of completed optimizer steps (for an LR scheduler: call
 ``set_lr`` after it changes). ``state_dict``/``load_state_dict`` hold every per-parameter

@@ -14,6 +14,8 @@ set), step k (counted per parameter from 0):
     U = α·back(u) + residual(G, R, u)                  see RESIDUALS
     W ← W − η·U ;  W ← W·(1 − η·λ)                     (decay first with decay_before_update)
     weight_bits: W ← stochastic rounding of W to its b-bit group grid (Q-GaLore)
+    an Int8Linear's weight (lowrank.int8): W read from its codes, new codes by stochastic
+                     rounding to the layer's own bits and groups (INT8 storage)
 
 Parameters that are not projected (biases, norms, groups with ``rank=None``) take the same
 inner rule on their full gradient: plain (8-bit) AdamW.
@@ -62,10 +64,12 @@ from optforge._validation import (
     check_non_negative,
     check_positive,
 )
+from optforge.lowrank.int8 import int8_owner
 from optforge.lowrank.projectors import (
     BASES,
     PROJ_TYPES,
     MatrixView,
+    add_back_,
     make_basis,
     project,
     project_back,
@@ -80,11 +84,12 @@ from optforge.lowrank.quantization import (
 from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
 from optforge.optim.rules import adam_direction
 
-__all__ = ["INNER_RULES", "ON_SWITCH", "RESIDUALS", "ProjectedOptimizer"]
+__all__ = ["INNER_RULES", "ON_SWITCH", "PROJ_DTYPES", "RESIDUALS", "ProjectedOptimizer"]
 
 INNER_RULES = ("adam", "adam8bit")
 RESIDUALS = ("none", "sgd", "sign_sgd", "fira", "fira_orthogonal")
 ON_SWITCH = ("keep", "reset", "rotate")
+PROJ_DTYPES = (None, "bfloat16", "float16")
 #: Fira's limiter: the residual's norm may grow by at most this factor per step (official).
 FIRA_GAMMA = 1.01
 #: bitsandbytes' block size for 8-bit optimizer states.
@@ -124,6 +129,10 @@ class ProjectedOptimizer(FirstOrderOptimizer):
             after (GaLore, HF AdamW).
         natural_history, natural_damping: Natural GaLore's history length s (0: off) and δ.
         proj_bits, proj_group_size: quantize the basis to b bits per group (Q-GaLore: 4, 256).
+        proj_dtype: ``None`` (default: the basis in fp32, fp64 for fp64 parameters) or
+            ``"bfloat16"``/``"float16"``: store the basis in 2 bytes (opt-in, fewer state bytes;
+            galore-torch stores it in the gradient's dtype). Projections still compute in the
+            moments' dtype from the rounded basis.
         weight_bits, weight_group_size: stochastic rounding of projected weights to b bits.
         adaptive_gap, cos_threshold, gap_growth, queue_size: Q-GaLore's adaptive gap: at each
             refresh, |cos| between the new and previous first basis vectors enters a FIFO of
@@ -158,6 +167,7 @@ class ProjectedOptimizer(FirstOrderOptimizer):
         natural_damping: float = 1e-3,
         proj_bits: int | None = None,
         proj_group_size: int = 256,
+        proj_dtype: str | None = None,
         weight_bits: int | None = None,
         weight_group_size: int = 256,
         adaptive_gap: bool = False,
@@ -175,7 +185,7 @@ class ProjectedOptimizer(FirstOrderOptimizer):
             residual=residual, residual_scale=residual_scale, on_switch=on_switch,
             decay_before_update=decay_before_update, natural_history=natural_history,
             natural_damping=natural_damping, proj_bits=proj_bits,
-            proj_group_size=proj_group_size, weight_bits=weight_bits,
+            proj_group_size=proj_group_size, proj_dtype=proj_dtype, weight_bits=weight_bits,
             weight_group_size=weight_group_size, adaptive_gap=adaptive_gap,
             cos_threshold=cos_threshold, gap_growth=gap_growth, queue_size=queue_size,
             seed=seed, maximize=maximize,
@@ -217,6 +227,7 @@ class ProjectedOptimizer(FirstOrderOptimizer):
             ("inner", INNER_RULES),
             ("residual", RESIDUALS),
             ("on_switch", ON_SWITCH),
+            ("proj_dtype", PROJ_DTYPES),
         ):
             if group[key] not in allowed:
                 raise ValueError(f"{key} must be one of {allowed} (got {group[key]!r})")
@@ -235,6 +246,8 @@ class ProjectedOptimizer(FirstOrderOptimizer):
                 if group[key] > 8:
                     raise ValueError(f"{key} must be in [2, 8] or None (got {group[key]})")
         check_int("proj_group_size", group["proj_group_size"], 1)
+        if group["proj_dtype"] is not None and group["proj_bits"] is not None:
+            raise ValueError("proj_dtype and proj_bits both set: choose one basis storage")
         check_int("weight_group_size", group["weight_group_size"], 1)
         check_in_range("cos_threshold", group["cos_threshold"], -1.0, 1.0, high_inclusive=True)
         check_in_range("gap_growth", group["gap_growth"], 1.0, math.inf)
@@ -268,7 +281,9 @@ class ProjectedOptimizer(FirstOrderOptimizer):
             return schema
         for name, shape in view.basis_shapes().items():
             if group["proj_bits"] is None:
-                schema[f"proj.{name}"] = StateSpec("at_least_fp32", shape)
+                dtype = group["proj_dtype"]
+                dtype = "at_least_fp32" if dtype is None else getattr(torch, dtype)
+                schema[f"proj.{name}"] = StateSpec(dtype, shape)
             else:
                 size, groups = math.prod(shape), _blocks(math.prod(shape), group["proj_group_size"])
                 schema[f"proj.{name}"] = StateSpec(torch.uint8, (size,))
@@ -310,27 +325,44 @@ class ProjectedOptimizer(FirstOrderOptimizer):
         st["step"] += 1
         lr, wd = group["lr"], group["weight_decay"]
         if view is None:
-            update, _ = self._inner(st, g, group)
+            low, basis, extra = None, None, self._inner(st, g, group)[0]
         else:
-            update = self._projected_update(p, st, g.reshape(view.m, view.n), view, group, k)
-            update = update.reshape(p.shape)
-        if p.dtype == compute and (view is None or group["weight_bits"] is None):
-            # In place: three full-size passes fewer than the general path below (which
-            # measured 2x slower than galore-torch's ordinary step on a 512-wide stack).
+            low, basis, extra = self._projected_update(p, st, g.reshape(view.m, view.n), view,
+                                                       group, k)  # fmt: skip
+        owner = int8_owner(p)  # an Int8Linear's handle: the weight is its codes
+        quantized = view is not None and group["weight_bits"] is not None
+        if p.dtype == compute and not quantized and owner is None:
+            # In place, the back-projection accumulated into W by one GEMM: no full-size
+            # temporary (one allocation, write and read fewer per matrix and step). A
+            # non-contiguous W (channels_last) goes through a contiguous copy, so the
+            # arithmetic, and the result, is the same for every memory layout.
+            w = p if p.is_contiguous() else p.contiguous()
             if group["decay_before_update"] and wd:
-                p.mul_(1 - lr * wd)
-            p.add_(update, alpha=-lr)
+                w.mul_(1 - lr * wd)
+            if low is not None:
+                add_back_(w.view(view.m, view.n), low, basis, view.side, -lr * group["scale"])
+            if extra is not None:
+                w.add_(extra.view(w.shape), alpha=-lr)
             if not group["decay_before_update"] and wd:
-                p.add_(p, alpha=-lr * wd)
+                w.add_(w, alpha=-lr * wd)
+            if w is not p:
+                p.copy_(w)
             return
-        w = p.to(compute)
+        update = extra if low is None else project_back(low * group["scale"], basis, view.side)
+        if low is not None and extra is not None:
+            update = update + extra
+        update = update.reshape(p.shape)
+        w = p.to(compute) if owner is None else owner.dequantized(compute)
         if group["decay_before_update"]:
             w = w * (1 - lr * wd) - update * lr
         else:
             w = w - update * lr
             if wd:
                 w = w - w * (lr * wd)
-        if view is not None and group["weight_bits"] is not None:
+        if owner is not None:  # INT8 storage: new codes by stochastic rounding (Q-GaLore)
+            owner.set_weight(w, generator_for(p.device, group["seed"], k, self.param_index(p), 1))
+            return
+        if quantized:
             gen = generator_for(p.device, group["seed"], k, self.param_index(p), 1)
             codes, s, z = quantize_groupwise(
                 w, group["weight_bits"], group["weight_group_size"], generator=gen
@@ -341,7 +373,9 @@ class ProjectedOptimizer(FirstOrderOptimizer):
     def _projected_update(
         self, p: Tensor, st: dict[str, Any], g: Tensor, view: MatrixView,
         group: dict[str, Any], k: int,
-    ) -> Tensor:
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+        """``(u, basis, extra)``: the update is ``α·back(u) + extra`` (extra: the residual
+        rule's full-size part, None for ``"none"``)."""
         gap = int(st["switch.gap"]) if group["adaptive_gap"] else group["update_proj_gap"]
         if k % gap == 0:
             self._refresh(p, st, g, view, group, k)
@@ -350,14 +384,13 @@ class ProjectedOptimizer(FirstOrderOptimizer):
         x = self._natural(st, low, group) if group["natural_history"] else low
         u, c = self._inner(st, x, group)
         alpha = group["scale"]
-        update = project_back(u * alpha, basis, view.side)  # α on the small side: one pass less
         rule = group["residual"]
         if rule == "none":
-            return update
+            return u, basis, None
         if rule in ("sgd", "sign_sgd"):
             free = g - project_back(low, basis, view.side)
             free = torch.sign(free) if rule == "sign_sgd" else free
-            return update + free * (alpha * group["residual_scale"])
+            return u, basis, free * (alpha * group["residual_scale"])
         # Fira: φ along the full-size dimension of the one-sided projection.
         back_low = project_back(low, basis, view.side)
         resid = g - back_low * alpha if rule == "fira" else g - back_low
@@ -372,7 +405,7 @@ class ProjectedOptimizer(FirstOrderOptimizer):
             s = s * (FIRA_GAMMA / torch.clamp(ratio, min=FIRA_GAMMA))
             s_norm = s.norm()
         st["residual.norm"].copy_(s_norm)
-        return update + s * c
+        return u, basis, s * c
 
     # -- pieces ---------------------------------------------------------------------------------
     def _inner(self, st: dict[str, Any], x: Tensor, group: dict[str, Any]) -> tuple[Tensor, float]:

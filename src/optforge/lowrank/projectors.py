@@ -43,6 +43,7 @@ __all__ = [
     "MatrixView",
     "make_basis",
     "project",
+    "add_back_",
     "project_back",
     "resolve_side",
 ]
@@ -111,6 +112,17 @@ def project_back(x: Tensor, basis: dict[str, Tensor], side: str) -> Tensor:
     if side == "right":
         return x @ basis["P"]
     return basis["P"] @ x @ basis["Q"]
+
+
+def add_back_(w: Tensor, x: Tensor, basis: dict[str, Tensor], side: str, alpha: float) -> None:
+    """``w += alpha·back(x)`` in place: one GEMM accumulating into ``w``, without the m×n
+    temporary ``back(x)`` (a full-size allocation, write and read fewer per step)."""
+    if side == "left":
+        w.addmm_(basis["P"], x, alpha=alpha)
+    elif side == "right":
+        w.addmm_(x, basis["P"], alpha=alpha)
+    else:
+        w.addmm_(basis["P"] @ x, basis["Q"], alpha=alpha)
 
 
 def _svd_factors(g: Tensor, rank: int) -> tuple[Tensor, Tensor]:

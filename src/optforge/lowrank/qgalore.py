@@ -10,9 +10,9 @@ Defaults from VITA-Group/Q-GaLore (5bd2f1c) ``q_galore_adamw8bit.py`` and the sc
 0.4 --gamma_proj 2 --queue_size 5``: lr 1e-3, betas (0.9, 0.999) (scripts: β2 0.95), eps 1e-8,
 weight_decay 1e-2 before the step (bitsandbytes), rank 128, update_proj_gap 200, scale 1.0.
 
-Weights: the parameter tensor keeps its dtype, with values on the 8-bit grid of its groups
-(so the rounding's effect on training is the paper's); storing them as INT8 codes needs a
-quantized linear layer, which optforge does not provide.
+Weights: stored as INT8 codes + per-group scales when the model's linear layers were swapped
+by ``quantize_linear_weights`` (``optforge.lowrank.int8``); otherwise the parameter keeps its
+dtype, with values on the 8-bit grid of its groups (the same rounding, without the saving).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class QGaLoreAdamW8bit(ProjectedOptimizer):
     """Q-GaLore: INT4 basis, 8-bit Adam, stochastic-rounded 8-bit weights, adaptive gap.
 
     Example:
-        >>> model = torch.nn.Linear(64, 32)
+        >>> model = quantize_linear_weights(torch.nn.Sequential(torch.nn.Linear(64, 32)),
+        ...                                 target_modules=())
         >>> opt = QGaLoreAdamW8bit(model.parameters(), lr=1e-3, rank=8)
     """
 

@@ -199,6 +199,7 @@ _LOWRANK_ERRORS = _COMMON_ERRORS + [
     ({"betas": (0.9, 1.0)}, ValueError, r"betas\[1\] must be in \[0.0, 1.0\)"),
     ({"residual": "fira", "proj_type": "full"}, ValueError, r"proj_type='full' has none"),
     ({"on_switch": "drop"}, ValueError, r"on_switch must be one of"),
+    ({"proj_dtype": "int8"}, ValueError, r"proj_dtype must be one of"),
 ]
 SPECS += [
     Spec(
@@ -207,6 +208,7 @@ SPECS += [
         configs=[
             _LOWRANK,
             {**_LOWRANK, "proj_type": "std", "weight_decay": 0.1, "scale": 0.25},
+            {**_LOWRANK, "proj_dtype": "bfloat16"},  # opt-in 2-byte basis
         ],
         errors=_LOWRANK_ERRORS,
         capabilities=get_optimizer_entry("galore_adamw").capabilities,
