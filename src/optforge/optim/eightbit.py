@@ -231,6 +231,9 @@ def run_8bit(
     if not lists[0]:
         return
     first = lists[0][0]
+    if backend not in ("auto", *_BACKENDS):  # a registered kernel by name ("triton")
+        apply_rule_(rule, lists, hyper, backend=backend)
+        return
     if backend == "auto":
         chosen = resolve_backend("auto", rule, first.device, first.dtype)
         if chosen not in ("loop", "foreach", "compiled"):  # a registered kernel serves
@@ -325,11 +328,7 @@ class _EightBit(FirstOrderOptimizer):
                 f"{type(self).__name__} has no foreach path: its state is quantized per block "
                 "(use backend='auto', 'loop' or 'compiled')"
             )
-        if backend is not None and backend not in ("auto", *_BACKENDS):
-            raise ValueError(
-                f"backend must be one of {('auto', *_BACKENDS)} or None (got {backend!r})"
-            )
-        super()._validate_group(group)
+        super()._validate_group(group)  # names: the built-in ones and registered kernels
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_non_negative("lr", group["lr"])
