@@ -311,3 +311,23 @@ def test_non_contiguous_tensors_take_the_loop_and_the_rest_one_launch() -> None:
     apply_rule_(lion_rule, ref, hyper, backend="loop")
     for a, b in zip(p + m, ref[0] + ref[1]):
         torch.testing.assert_close(a, b)
+
+
+def test_optimizer_stochastic_rounding_keeps_its_streams_where_a_kernel_serves() -> None:
+    """AdamW(stochastic_rounding=True) with the kernel registered: the optimizer's seeded bits
+    reach the parameters (the rule's loop runs them), so results equal backend='loop'."""
+    gen = torch.Generator().manual_seed(7)
+    ref = [torch.nn.Parameter(torch.randn(n, generator=gen).bfloat16()) for n in (5, 1030)]
+    params = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    opt_ref = AdamW(ref, lr=1e-3, stochastic_rounding=True, seed=2, backend="loop")
+    opt = AdamW(params, lr=1e-3, stochastic_rounding=True, seed=2)  # auto: kernel registered
+    for _ in range(2):
+        for a, b in zip(ref, params):
+            a.grad = torch.randn(a.shape, generator=gen).bfloat16()
+            b.grad = a.grad.clone()
+        before = LAUNCHES.get("adamw", 0)
+        opt_ref.step()
+        opt.step()
+        assert LAUNCHES.get("adamw", 0) == before  # the loop ran, with the optimizer's bits
+    for a, b in zip(ref, params):
+        assert torch.equal(a, b)

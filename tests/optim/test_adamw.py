@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from optforge.optim import AdamW
+from optforge.testing.conformance import round_trip
 
 
 @pytest.mark.parametrize("backend", ["loop", "foreach"])
@@ -34,3 +35,49 @@ def test_bf16_parameters_keep_fp32_moments() -> None:
     p.grad = torch.ones_like(p)
     opt.step()
     assert opt.state[p]["exp_avg"].dtype == torch.float32
+
+
+def _adamw_bf16(stochastic: bool, steps: int = 20, **kw) -> torch.Tensor:
+    p = torch.nn.Parameter(torch.ones(50_000, dtype=torch.bfloat16))
+    opt = AdamW([p], lr=1e-4, weight_decay=0.0, stochastic_rounding=stochastic, seed=3, **kw)
+    for _ in range(steps):
+        p.grad = torch.ones_like(p)
+        opt.step()
+    return p.detach().float()
+
+
+def test_adamw_small_bf16_steps_survive_only_with_stochastic_rounding() -> None:
+    # Adam's first steps move θ by ~lr = 1e-4, under half a bf16 ulp at 1.0 (2**-8)
+    assert torch.equal(_adamw_bf16(False), torch.ones(50_000))
+    assert _adamw_bf16(True).mean().item() == pytest.approx(1 - 20e-4, abs=3e-5)
+    assert torch.equal(_adamw_bf16(True, 5, backend="foreach"), _adamw_bf16(True, 5))
+
+
+def test_adamw_stochastic_rounding_resumes_exactly_and_checks_its_flags() -> None:
+    def fresh():
+        gen = torch.Generator().manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(s, generator=gen).bfloat16()) for s in [(9, 5), (4,)]]
+        return ps, AdamW(ps, lr=1e-3, stochastic_rounding=True, seed=5)
+
+    def run(ps, opt, n):
+        for _ in range(n):
+            for p in ps:
+                p.grad = torch.sin(p.detach().float() * 3).to(p.dtype)
+            opt.step()
+
+    ref, ref_opt = fresh()
+    run(ref, ref_opt, 4)
+    ps, opt = fresh()
+    run(ps, opt, 2)
+    saved = round_trip({"opt": opt.state_dict(), "params": [p.detach() for p in ps]})
+    resumed = [torch.nn.Parameter(t) for t in saved["params"]]
+    opt2 = AdamW(resumed, lr=1e-3, stochastic_rounding=True, seed=5)
+    opt2.load_state_dict(saved["opt"])
+    run(resumed, opt2, 2)
+    for a, b in zip(ref, resumed):
+        assert torch.equal(a, b)
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(TypeError, match="stochastic_rounding must be True or False"):
+        AdamW(p, stochastic_rounding=1)
+    with pytest.raises(ValueError, match="seed"):
+        AdamW(p, seed=-1)

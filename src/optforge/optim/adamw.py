@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optforge._validation import check_betas, check_non_negative, check_positive
-from optforge.kernels import Rule, apply_rule_
+from optforge._validation import check_betas, check_int, check_non_negative, check_positive
+from optforge.kernels import Rule
 from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
 from optforge.optim.rules import adam_direction, direction_rule
 
@@ -65,6 +65,10 @@ class AdamW(FirstOrderOptimizer):
         fused: compiled kernels (``torch.compile``).
         backend: ``"auto"`` (default), ``"loop"``, ``"foreach"`` or ``"compiled"``; on CUDA with
             Triton installed, ``auto`` runs the registered Triton kernel (``optforge.kernels``).
+        stochastic_rounding: for bf16 parameters, compute the new value in fp32 and round it
+            stochastically (unbiased) instead of to nearest, so steps below half a bf16 ulp are
+            not lost (default False; fp16 parameters are refused).
+        seed: seed of the rounding streams (keyed by seed, step and parameter index).
         {CHECK_FINITE_DOC}
 
     Example:
@@ -92,6 +96,8 @@ class AdamW(FirstOrderOptimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         backend: str | None = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
         check_finite: bool = True,
     ) -> None:
         defaults = dict(
@@ -103,6 +109,8 @@ class AdamW(FirstOrderOptimizer):
             foreach=foreach,
             fused=fused,
             backend=backend,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
         )
         super().__init__(params, defaults, check_finite=check_finite)
 
@@ -111,12 +119,12 @@ class AdamW(FirstOrderOptimizer):
         check_betas(group["betas"])
         check_positive("eps", group["eps"])
         check_non_negative("weight_decay", group["weight_decay"])
+        check_int("seed", group["seed"], 0)
 
     def _update_group(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
     ) -> None:
         beta1, beta2 = group["betas"]
-        backend = self._backend(group)
         for step, idx in step_groups(self.state, params).items():
             hyper = dict(
                 lr=group["lr"],
@@ -134,7 +142,7 @@ class AdamW(FirstOrderOptimizer):
                 [self.state[p]["exp_avg_sq"] for p in ps],
                 [grads[i] for i in idx],
             )
-            apply_rule_(adamw_rule, lists, hyper, backend=backend)
+            self._apply(adamw_rule, group, lists, hyper)
 
 
 def _adam_inner(
