@@ -14,7 +14,7 @@ pytest.importorskip("triton", reason="Triton (the 'triton' extra) is not install
 from optforge.kernels import apply_rule_, check_backend, resolve_backend  # noqa: E402
 from optforge.kernels.triton import available, register, register_if_available  # noqa: E402
 from optforge.optim import LAMB, AdamW, AdamW8bit, Lion, Lion8bit  # noqa: E402
-from optforge.optim.adamw import adam_inner_rule, adamw_rule  # noqa: E402
+from optforge.optim.adamw import adam_inner_rule, adamw_master_rule, adamw_rule  # noqa: E402
 from optforge.optim.eightbit import adamw8bit_rule, lion8bit_rule  # noqa: E402
 from optforge.optim.lamb import lamb_rule  # noqa: E402
 from optforge.optim.lion import lion_rule  # noqa: E402
@@ -23,6 +23,7 @@ from optforge.optim.sgd import sgd_momentum_rule  # noqa: E402
 #: every rule a Triton kernel is registered for, and the optimizer class that runs it
 RULES = {
     adamw_rule: AdamW,
+    adamw_master_rule: AdamW,  # master_weights=True
     lion_rule: Lion,
     lamb_rule: LAMB,
     adamw8bit_rule: AdamW8bit,
