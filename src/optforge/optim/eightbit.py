@@ -14,10 +14,11 @@ State per parameter with at least ``min_8bit_size`` elements (codes in the param
                exp_avg_sq (uint8), exp_avg_sq_absmax (fp32, nb)
     Lion8bit:  exp_avg (uint8), exp_avg_absmax (fp32, nb)
 
-and fp32 moments (bitsandbytes' 32-bit state) for smaller ones. Backends: ``"loop"`` runs the
-rule eagerly per block-aligned tile (the reference); ``"compiled"`` runs full tiles through one
-static ``torch.compile`` graph (~5x faster on CPU after a ~16-35 s compilation); ``"auto"``
-picks a registered kernel (Triton on CUDA) when one serves the tensors, else the loop.
+and fp32 moments (bitsandbytes' 32-bit state) for smaller ones. Backends: ``"auto"`` runs a
+registered kernel (Triton on CUDA) when one serves the tensors, else on CPU the fused C loop of
+``kernels.eightbit_cpu`` (bit-identical to the loop, built on first use), else the loop;
+``"loop"`` runs the rule eagerly per block-aligned tile (the reference); ``"compiled"`` runs
+full tiles through one static ``torch.compile`` graph (~16-35 s to compile).
 """
 
 from __future__ import annotations
@@ -361,7 +362,8 @@ class AdamW8bit(_EightBit):
         weight_decay: decoupled λ.
         min_8bit_size: tensors with fewer elements keep fp32 moments (bitsandbytes: 4096).
         maximize: ascend the objective.
-        backend: ``"auto"`` (default), ``"loop"`` or ``"compiled"`` (see the module docstring).
+        backend: ``"auto"`` (default), ``"loop"``, ``"compiled"`` or a registered kernel's name
+            (``"triton"`` on CUDA); see the module docstring.
         {CHECK_FINITE_DOC}
 
     Example:
@@ -455,7 +457,8 @@ class Lion8bit(_EightBit):
         weight_decay: decoupled λ.
         min_8bit_size: tensors with fewer elements keep an fp32 momentum.
         maximize: ascend the objective.
-        backend: ``"auto"`` (default), ``"loop"`` or ``"compiled"`` (see the module docstring).
+        backend: ``"auto"`` (default), ``"loop"``, ``"compiled"`` or a registered kernel's name
+            (``"triton"`` on CUDA); see the module docstring.
         {CHECK_FINITE_DOC}
 
     Example:
