@@ -225,8 +225,9 @@ def _compiled(rule: Rule) -> Callable[..., None]:
 def run_8bit(
     rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any], backend: str
 ) -> None:
-    """Run an 8-bit rule: a registered kernel (Triton on CUDA) when ``auto`` finds one, else
-    the rule per block-aligned tile (``TILE`` elements): eagerly (``loop``, ``auto``), or
+    """Run an 8-bit rule: a registered kernel (Triton on CUDA) when ``auto`` finds one or when
+    named; on CPU under ``auto`` the fused C loop (``kernels.eightbit_cpu``) for what it serves;
+    the rest per block-aligned tile (``TILE`` elements): eagerly (``loop``, ``auto``), or
     (``compiled``) full tiles through one static ``torch.compile`` graph and the rest eagerly.
     """
     if not lists[0]:
