@@ -34,12 +34,19 @@ RULES = {
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+@pytest.fixture(autouse=True)
+def private_registry(monkeypatch):
+    """Registrations made here vanish afterwards, names included: later tests see the
+    registry as it was."""
+    from optforge.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "_KERNELS", dict(dispatch._KERNELS))
+
+
 @pytest.fixture
 def cuda_present(monkeypatch):
     """A machine with CUDA and Triton, as far as registration can tell."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    yield
-    register(())  # withdrawn: nothing else in the session sees CUDA kernels
 
 
 def test_auto_picks_the_triton_kernel_on_cuda_for_every_rule(cuda_present) -> None:
