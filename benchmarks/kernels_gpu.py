@@ -2,6 +2,11 @@
 measured side by side in one run (docs/benchmarks.md, "Fused update kernels").
 
     PYTHONPATH=src python benchmarks/kernels_gpu.py [--params 100e6] [--out results.json]
+    TRITON_INTERPRET=1 PYTHONPATH=src python benchmarks/kernels_gpu.py --dry-run
+
+``--dry-run`` runs every row on CPU tensors under the Triton interpreter with tiny sizes and a
+wall-clock timer: a check of the script's own logic before a GPU session spends time on it
+(its numbers mean nothing).
 
 Needs CUDA and Triton; lion-pytorch and bitsandbytes rows appear when installed. For each case:
 a correctness check against the loop reference on a small list (few-ulp tolerance: compiled
@@ -14,20 +19,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 
 import torch
+
+#: "cuda", or "cpu" for --dry-run
+DEVICE = "cuda"
 
 BYTES = {"adamw": 28, "lion": 20, "sgd": 20, "lamb": 40, "adamw8bit": 16.0625}
 
 
 def bench(fn) -> float:
+    """Median seconds of one call."""
+    if DEVICE == "cpu":
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
     from triton.testing import do_bench
 
     return do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e-3  # seconds
 
 
 def copy_bandwidth(n_bytes: int = 1 << 30) -> float:
-    src = torch.empty(n_bytes // 4, device="cuda")
+    src = torch.empty(n_bytes // 4, device=DEVICE)
     dst = torch.empty_like(src)
     return 2 * n_bytes / bench(lambda: dst.copy_(src))
 
@@ -35,7 +53,7 @@ def copy_bandwidth(n_bytes: int = 1 << 30) -> float:
 def tensors(n: int, count: int, dtype=torch.float32, positive: bool = False) -> list:
     per = n // count
     make = torch.rand if positive else torch.randn
-    return [(make(per, device="cuda") * (1e-3 if not positive else 1e-6)).to(dtype)
+    return [(make(per, device=DEVICE) * (1e-3 if not positive else 1e-6)).to(dtype)
             for _ in range(count)]  # fmt: skip
 
 
@@ -54,9 +72,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", type=float, default=100e6)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="CPU tensors under TRITON_INTERPRET=1, tiny sizes: checks the script")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("kernels_gpu.py needs a CUDA device")
+    global DEVICE
+    if args.dry_run:
+        import os
+
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise SystemExit("--dry-run needs TRITON_INTERPRET=1 in the environment")
+        DEVICE = "cpu"
+    elif not torch.cuda.is_available():
+        raise SystemExit("kernels_gpu.py needs a CUDA device (or --dry-run)")
 
     from optforge.kernels.triton import register
     from optforge.kernels.triton.adam import adamw_
@@ -67,10 +94,11 @@ def main() -> None:
     from optforge.optim.lamb import lamb_rule
     from optforge.optim.lion import lion_rule
 
-    register(("cuda",))
-    n = int(args.params)
-    gpu = torch.cuda.get_device_name()
-    copy = copy_bandwidth()
+    register((DEVICE,))
+    n = 20_000 if args.dry_run else int(args.params)
+    n_small, small_size = (20, 1000) if args.dry_run else (500, 16384)
+    gpu = "dry run on CPU" if args.dry_run else torch.cuda.get_device_name()
+    copy = copy_bandwidth(1 << 20 if args.dry_run else 1 << 30)
     adam_h = dict(lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
                   maximize=False, bias_correction1=0.5, bias_correction2=0.1)  # fmt: skip
     lion_h = dict(lr=1e-5, beta1=0.9, beta2=0.99, weight_decay=0.1, maximize=False)
@@ -79,12 +107,11 @@ def main() -> None:
     sgd_h = dict(lr=1e-4, weight_decay=0.0, maximize=False, momentum=0.9, dampening=0.0,
                  nesterov=False)  # fmt: skip
 
-    small = 10_007
     def adam_lists(total: int, count: int, dtype=torch.float32):
         return [tensors(total, count, dtype), tensors(total, count), tensors(total, count,
                 positive=True), tensors(total, count, dtype)]  # fmt: skip
 
-    small = 10_007
+    small = 2_003 if args.dry_run else 10_007
     check("adamw", adamw_rule, adam_lists(small, 3), adam_h, adamw_)
     check("lion", lion_rule, [tensors(small, 3) for _ in range(3)], lion_h, lion_)
     check("lamb", lamb_rule, adam_lists(small, 3), lamb_h, lamb_)
@@ -96,8 +123,8 @@ def main() -> None:
         rows.append(dict(case=case, impl=kind, ms=seconds * 1e3, gbps=bw / 1e9,
                          frac_copy=bw / copy, gparams=params / seconds / 1e9))  # fmt: skip
 
-    for case, count in (("AdamW fp32, 10 tensors", 10), ("AdamW fp32, 500 x small", 500)):
-        total = n if count == 10 else 500 * 16384
+    for case, count in (("AdamW fp32, 10 tensors", 10), ("AdamW fp32, many small", n_small)):
+        total = n if count == 10 else n_small * small_size
         lists = adam_lists(total, count)
         row(case, "optforge triton", bench(lambda lists=lists: adamw_(lists, adam_h)), 28, total)
         params = [torch.nn.Parameter(t) for t in lists[0]]
@@ -117,7 +144,10 @@ def main() -> None:
         params = [torch.nn.Parameter(t) for t in lists[0]]
         for p, g in zip(params, lists[2]):
             p.grad = g
-        for label, triton_flag in (("lion-pytorch foreach", False), ("lion-pytorch triton", True)):
+        variants = [("lion-pytorch foreach", False)]
+        if not args.dry_run:  # its Triton kernel asserts CUDA
+            variants.append(("lion-pytorch triton", True))
+        for label, triton_flag in variants:
             opt = LionPytorch(params, lr=1e-5, use_triton=triton_flag)
             opt.step()
             row("Lion fp32", label, bench(opt.step), 20, n)
@@ -145,8 +175,8 @@ def main() -> None:
     except ImportError:
         print("bitsandbytes not installed: its row is skipped")
 
-    print(f"{gpu}; copy bandwidth {copy / 1e12:.2f} TB/s; {n / 1e6:.0f}M params "
-          f"(500 x 16K for the small case); torch {torch.__version__}")  # fmt: skip
+    print(f"{gpu}; copy bandwidth {copy / 1e12:.2f} TB/s; {n / 1e6:.2f}M params "
+          f"({n_small} x {small_size} for the small case); torch {torch.__version__}")  # fmt: skip
     print("| case | implementation | ms | GB/s | % of copy | Gparam/s |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:

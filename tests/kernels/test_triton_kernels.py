@@ -311,3 +311,45 @@ def test_non_contiguous_tensors_take_the_loop_and_the_rest_one_launch() -> None:
     apply_rule_(lion_rule, ref, hyper, backend="loop")
     for a, b in zip(p + m, ref[0] + ref[1]):
         torch.testing.assert_close(a, b)
+
+
+def _against_loop(sizes, steps: int, data_seed: int, **kw):
+    """bf16 parameters stepped by ``AdamW(**kw)`` on ``backend="loop"`` and on ``auto`` (the
+    kernel registered) with the same gradients; also the kernel launches of each auto step."""
+    gen = torch.Generator().manual_seed(data_seed)
+    ref = [torch.nn.Parameter(torch.randn(n, generator=gen).bfloat16()) for n in sizes]
+    params = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    opt_ref, opt = AdamW(ref, backend="loop", **kw), AdamW(params, **kw)
+    launches = []
+    for _ in range(steps):
+        for a, b in zip(ref, params):
+            a.grad = torch.randn(a.shape, generator=gen).bfloat16()
+            b.grad = a.grad.clone()
+        opt_ref.step()
+        before = LAUNCHES.get("adamw", 0)
+        opt.step()
+        launches.append(LAUNCHES.get("adamw", 0) - before)
+    return ref, opt_ref, params, opt, launches
+
+
+def test_optimizer_stochastic_rounding_keeps_its_streams_where_a_kernel_serves() -> None:
+    """AdamW(stochastic_rounding=True) with the kernel registered: the optimizer's seeded bits
+    reach the parameters (the rule's loop runs them), so results equal backend='loop'."""
+    ref, _, params, _, launches = _against_loop(
+        (5, 1030), 2, 7, lr=1e-3, stochastic_rounding=True, seed=2
+    )
+    assert launches == [0, 0]  # the loop ran, with the optimizer's bits
+    for a, b in zip(ref, params):
+        assert torch.equal(a, b)
+
+
+def test_optimizer_master_weights_run_in_one_launch_and_match_the_loop() -> None:
+    """AdamW(master_weights=True) on bf16 parameters: one launch updates the fp32 masters and
+    writes each parameter as its master rounded to nearest even."""
+    ref, opt_ref, params, opt, launches = _against_loop(SIZES, 3, 8, lr=1e-2, master_weights=True)
+    assert launches == [1, 1, 1]
+    for a, b in zip(ref, params):
+        master = opt.state[b]["master"]
+        assert master.dtype == torch.float32
+        torch.testing.assert_close(master, opt_ref.state[a]["master"], rtol=1.3e-6, atol=1e-6)
+        assert torch.equal(b.detach(), master.bfloat16())

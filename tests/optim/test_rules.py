@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optforge.optim import Lion
+from optforge.optim import AdamW, Lion
 from optforge.optim.rules import (
     adam_direction,
     random_rounding_bits,
@@ -79,14 +79,15 @@ def test_stochastic_rounding_is_the_same_on_every_backend(backend: str) -> None:
         assert torch.equal(other, reference)
 
 
-def test_stochastic_rounding_resumes_exactly_and_refuses_fp16() -> None:
-    def fresh() -> tuple[list[torch.nn.Parameter], Lion]:
+@pytest.mark.parametrize("cls", [Lion, AdamW])
+def test_stochastic_rounding_resumes_exactly_and_refuses_fp16(cls) -> None:
+    def fresh() -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
         gen = torch.Generator().manual_seed(0)
         params = [
             torch.nn.Parameter(torch.randn(s, generator=gen).bfloat16()) for s in [(7, 3), (4,)]
         ]
         params.append(torch.nn.Parameter(torch.randn(3, generator=gen)))  # fp32: nearest
-        return params, Lion(params, lr=1e-3, stochastic_rounding=True, seed=5)
+        return params, cls(params, lr=1e-3, stochastic_rounding=True, seed=5)
 
     def steps(params, opt, n):
         for _ in range(n):
@@ -102,10 +103,10 @@ def test_stochastic_rounding_resumes_exactly_and_refuses_fp16() -> None:
     assert saved["opt"]["state"][0]["rounding_step"].dtype == torch.int64
     assert "rounding_step" not in saved["opt"]["state"][2]  # fp32 parameter: no stream
     resumed = [torch.nn.Parameter(t) for t in saved["params"]]
-    opt2 = Lion(resumed, lr=1e-3, stochastic_rounding=True, seed=5)
+    opt2 = cls(resumed, lr=1e-3, stochastic_rounding=True, seed=5)
     opt2.load_state_dict(saved["opt"])
     steps(resumed, opt2, 3)
     for a, b in zip(ref, resumed):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="fp16 parameters are not supported"):
-        Lion([torch.nn.Parameter(torch.ones(2, dtype=torch.float16))], stochastic_rounding=True)
+        cls([torch.nn.Parameter(torch.ones(2, dtype=torch.float16))], stochastic_rounding=True)

@@ -60,6 +60,11 @@ AUTO_COMPILE_AFTER_S = float(os.environ.get("OPTFORGE_AUTO_COMPILE_AFTER_S", "in
 
 Kernel = Callable[[Rule, Sequence[Sequence[Tensor]], Mapping[str, Any]], None]
 
+_TRITON_HINT = (
+    ": the Triton kernels run on CUDA tensors and are registered only when Triton is installed "
+    "and a CUDA device is present (backend='auto' uses them there)"
+)
+
 
 @dataclass(frozen=True)
 class _Registration:
@@ -88,7 +93,8 @@ def check_backend(backend: object) -> str:
     """The backend name, or a ValueError listing the valid ones."""
     names = (*BACKENDS, *sorted({b for _, b in _KERNELS} - set(BACKENDS)))
     if not isinstance(backend, str) or backend not in names:
-        raise ValueError(f"backend must be one of {names} (got {backend!r})")
+        hint = _TRITON_HINT if backend == "triton" else ""
+        raise ValueError(f"backend must be one of {names} (got {backend!r}){hint}")
     return backend
 
 
@@ -135,8 +141,9 @@ def resolve_backend(backend: str, rule: Rule, device: torch.device, dtype: torch
     if backend not in ("loop", "foreach", "compiled") and not _registered(
         rule, backend, device, dtype
     ):
+        hint = _TRITON_HINT if backend == "triton" else ""
         raise RuntimeError(
-            f"backend {backend!r} has no kernel for {rule.name} on {device.type}/{dtype}"
+            f"backend {backend!r} has no kernel for {rule.name} on {device.type}/{dtype}{hint}"
         )
     return backend
 

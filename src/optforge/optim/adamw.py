@@ -14,21 +14,42 @@ by ``√(v/(1−β2^t))``): within fp32 ``assert_close`` after tens of steps (te
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from optforge._validation import check_betas, check_non_negative, check_positive
-from optforge.kernels import Rule, apply_rule_
+from optforge._validation import check_betas, check_int, check_non_negative, check_positive
+from optforge.kernels import Rule
 from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
-from optforge.optim.rules import adam_direction, direction_rule
+from optforge.optim.rules import adam_direction, direction_rule, stochastic_round_bf16
 
-__all__ = ["AdamW", "adam_inner_rule", "adamw_rule", "bias_corrections"]
+__all__ = ["AdamW", "adam_inner_rule", "adamw_master_rule", "adamw_rule", "bias_corrections"]
 
 #: The AdamW update of one tensor: ``(param, exp_avg, exp_avg_sq, grad)``.
 adamw_rule = direction_rule(adam_direction, n_state=2, name="adamw")
+
+
+def _adamw_master(
+    param: Tensor,
+    master: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    grad: Tensor,
+    *random_bits: Tensor,
+    **hyper: Any,
+) -> tuple[Tensor, ...]:
+    """AdamW on the fp32 ``master`` of a bf16/fp16 ``param``; the parameter gets the master's
+    rounding (to nearest when written, or stochastic with ``random_bits``)."""
+    # fp32 math throughout, as the Triton kernel (a bf16 gradient upcast first)
+    new_master, m, v = adamw_rule(master, exp_avg, exp_avg_sq, grad.to(master.dtype), **hyper)
+    new_param = stochastic_round_bf16(new_master, *random_bits) if random_bits else new_master
+    return new_param, new_master, m, v
+
+
+#: ``(param, master, exp_avg, exp_avg_sq, grad[, random_bits])``: fp32 master weights.
+adamw_master_rule = Rule(_adamw_master, n_out=4, elementwise=True, name="adamw_master")
 
 
 def bias_corrections(beta1: float, beta2: float, step: float) -> dict[str, float]:
@@ -65,6 +86,13 @@ class AdamW(FirstOrderOptimizer):
         fused: compiled kernels (``torch.compile``).
         backend: ``"auto"`` (default), ``"loop"``, ``"foreach"`` or ``"compiled"``; on CUDA with
             Triton installed, ``auto`` runs the registered Triton kernel (``optforge.kernels``).
+        stochastic_rounding: for bf16 parameters, compute the new value in fp32 and round it
+            stochastically (unbiased) instead of to nearest, so steps below half a bf16 ulp are
+            not lost (default False; fp16 parameters are refused).
+        seed: seed of the rounding streams (keyed by seed, step and parameter index).
+        master_weights: keep an fp32 copy (state ``master``) of each bf16/fp16 parameter; the
+            update runs on it and the parameter is written as its rounding, so steps below a
+            bf16 ulp accumulate (default False; fp32 parameters keep none).
         {CHECK_FINITE_DOC}
 
     Example:
@@ -78,7 +106,7 @@ class AdamW(FirstOrderOptimizer):
         "exp_avg": StateSpec(dtype="at_least_fp32"),
         "exp_avg_sq": StateSpec(dtype="at_least_fp32"),
     }
-    rules = (adamw_rule,)
+    rules = (adamw_rule, adamw_master_rule)
 
     def __init__(
         self,
@@ -92,6 +120,9 @@ class AdamW(FirstOrderOptimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         backend: str | None = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+        master_weights: bool = False,
         check_finite: bool = True,
     ) -> None:
         defaults = dict(
@@ -103,20 +134,34 @@ class AdamW(FirstOrderOptimizer):
             foreach=foreach,
             fused=fused,
             backend=backend,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
+            master_weights=master_weights,
         )
         super().__init__(params, defaults, check_finite=check_finite)
+
+    def state_schema(self, param: Tensor, group: dict[str, Any]) -> Mapping[str, StateSpec]:
+        schema = super().state_schema(param, group)
+        if _has_master(param, group):
+            schema = {**schema, "master": StateSpec(dtype=torch.float32)}
+        return schema
+
+    def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        super()._init_state(param, state, group)
+        if "master" in state:
+            state["master"].copy_(param.detach())
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_non_negative("lr", group["lr"])
         check_betas(group["betas"])
         check_positive("eps", group["eps"])
         check_non_negative("weight_decay", group["weight_decay"])
+        check_int("seed", group["seed"], 0)
 
     def _update_group(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
     ) -> None:
         beta1, beta2 = group["betas"]
-        backend = self._backend(group)
         for step, idx in step_groups(self.state, params).items():
             hyper = dict(
                 lr=group["lr"],
@@ -127,14 +172,26 @@ class AdamW(FirstOrderOptimizer):
                 maximize=group["maximize"],
                 **bias_corrections(beta1, beta2, step),
             )
-            ps = [params[i] for i in idx]
-            lists = (
-                ps,
-                [self.state[p]["exp_avg"] for p in ps],
-                [self.state[p]["exp_avg_sq"] for p in ps],
-                [grads[i] for i in idx],
-            )
-            apply_rule_(adamw_rule, lists, hyper, backend=backend)
+            for rule, chosen in (
+                (adamw_rule, [i for i in idx if "master" not in self.state[params[i]]]),
+                (adamw_master_rule, [i for i in idx if "master" in self.state[params[i]]]),
+            ):
+                if not chosen:
+                    continue
+                ps = [params[i] for i in chosen]
+                master = [self.state[p]["master"] for p in ps if "master" in self.state[p]]
+                lists = (
+                    ps,
+                    *([master] if master else []),
+                    [self.state[p]["exp_avg"] for p in ps],
+                    [self.state[p]["exp_avg_sq"] for p in ps],
+                    [grads[i] for i in chosen],
+                )
+                self._apply(rule, group, lists, hyper)
+
+
+def _has_master(param: Tensor, group: dict[str, Any]) -> bool:
+    return bool(group.get("master_weights")) and param.dtype in (torch.bfloat16, torch.float16)
 
 
 def _adam_inner(

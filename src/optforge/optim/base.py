@@ -66,6 +66,7 @@ _BOOL_FLAGS = {
     "maximize": False,
     "check_finite": False,
     "stochastic_rounding": False,
+    "master_weights": False,
     "foreach": True,
     "fused": True,
 }

@@ -66,7 +66,6 @@ _EIGHTBIT_ERRORS = [
     ({"min_8bit_size": 0}, ValueError, r"min_8bit_size must be"),
     ({"backend": "foreach"}, ValueError, r"no foreach path"),
     ({"backend": "cuda"}, ValueError, r"backend must be one of"),
-    ({"backend": "triton"}, ValueError, r"backend must be one of \('auto', 'loop', 'compiled'\)"),
 ]
 
 

@@ -33,9 +33,9 @@ from optforge.kernels.triton.launch import (
     store_rounded,
     table_for,
 )
-from optforge.optim.adamw import adam_inner_rule, adamw_rule
+from optforge.optim.adamw import adam_inner_rule, adamw_master_rule, adamw_rule
 
-__all__ = ["adam_inner_", "adamw_", "register"]
+__all__ = ["adam_inner_", "adamw_", "adamw_master_", "register"]
 
 
 @triton.jit
@@ -147,6 +147,15 @@ def adam_inner_(lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> 
 
 
 
+def adamw_master_(lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> None:
+    """``optim.adamw.adamw_master_rule`` on ``(params, masters, exp_avgs, exp_avg_sqs, grads)``:
+    AdamW on the fp32 masters, each parameter written as its master's rounding, one launch."""
+    params, masters, exp_avgs, exp_avg_sqs, grads = lists
+    adamw_((params, exp_avgs, exp_avg_sqs, grads), hyper, master=masters)
+
+
 def register(devices: tuple[str, ...], dtypes: Sequence[torch.dtype]) -> None:
     register_kernel(adamw_rule, "triton", serve(adamw_), devices=devices, dtypes=dtypes)
+    register_kernel(adamw_master_rule, "triton", serve(adamw_master_), devices=devices,
+                    dtypes=dtypes)  # fmt: skip
     register_kernel(adam_inner_rule, "triton", serve(adam_inner_), devices=devices, dtypes=dtypes)

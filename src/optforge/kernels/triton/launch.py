@@ -162,6 +162,12 @@ def serve(kernel: Any) -> Any:
     the kernel in one launch, any others (views, channels_last) to the rule's loop."""
 
     def fn(rule: Any, lists: Sequence[Sequence[Tensor]], hyper: Any) -> None:
+        if len(lists) > rule.n_out + 1:
+            # The optimizer's stochastic-rounding bits (an extra list, OptimizerBase._apply):
+            # the kernels draw their own, so the rule's loop keeps the optimizer's streams,
+            # reproducible and resumable as on every other backend.
+            loop(rule, lists, hyper)
+            return
         dense = [i for i in range(len(lists[0])) if all(lst[i].is_contiguous() for lst in lists)]
         if len(dense) == len(lists[0]):
             kernel(lists, hyper)

@@ -1,0 +1,205 @@
+/* AdamW and Lion on 8-bit blockwise state, one fused pass per 256-element block, on the CPU.
+ *
+ * The same arithmetic as optforge.optim.eightbit's eager rules, operation for operation, in
+ * fp32 without contraction (built with -ffp-contract=off, never -ffast-math), so each result
+ * is bit-identical to the eager rule: a run may switch between this kernel and the eager
+ * path (a checkpoint resumed where no C compiler exists) and continue exactly.
+ *
+ * Per block: dequantize both moments (code book gather times the block's absmax), update in
+ * fp32, write the parameter, keep the new moments in a 1 KiB stack buffer (L1: no fp32
+ * temporary reaches memory), take their absmax and requantize. Memory traffic per element:
+ * p read + write, g read, two codes read + write, absmax per 256: 16.06 B for fp32 p/g.
+ *
+ * Nearest code (optforge.kernels.quant): the number of the 255 midpoints below y = x/absmax.
+ * The top 17 bits of y (sign, exponent, 8 mantissa bits; exponents under 2^-24 share one
+ * bucket, |y| >= 1 another, NaN a third) index a 54 KiB table. Each entry packs the count of
+ * midpoints below the bucket, and the low 15 bits of the one midpoint inside it, if any (no
+ * bucket holds two): one table load and an integer compare per value, where a search costs
+ * 8 compares and the two dependent loads of quant.nearest_code twice this kernel's time.
+ * tests/kernels/test_eightbit_cpu.py proves the table equal to torch.bucketize.
+ *
+ * Tensors come as tables of addresses; one call updates a whole list, its blocks shared out
+ * over OpenMP threads.
+ */
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#define QBLOCK 256
+/* table layout, shared with kernels/eightbit_cpu.py: [sign][exponent slot][8 mantissa bits] */
+#define E_LO 103    /* slot 0: exponents below E_LO (|y| < 2^-24: no midpoint that small) */
+#define SLOT_ONE 25 /* slots 1..24: exponents E_LO..126; SLOT_ONE: |y| >= 1 */
+#define SLOT_NAN 26 /* NaN: the code of zero (y never reaches inf) */
+#define E_SLOTS 27
+#define INLINE static inline __attribute__((always_inline))
+
+/* Every loop below is branch-free (selects, gathers from the small tables), so the compiler
+ * vectorizes it; dtype and sign choices are compile-time constants of inlined copies. */
+
+INLINE float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+INLINE uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+INLINE float load(const void* base, int64_t i, const int bf16) {
+    return bf16 ? bits_f32((uint32_t)((const uint16_t*)base)[i] << 16) : ((const float*)base)[i];
+}
+
+INLINE void store(void* base, int64_t i, float x, const int bf16) {
+    if (bf16) { /* round to nearest even, as torch's copy_; NaN stays a quiet NaN */
+        uint32_t u = f32_bits(x);
+        uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        ((uint16_t*)base)[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : r);
+    } else {
+        ((float*)base)[i] = x;
+    }
+}
+
+/* Codes of x[0..n) with the block's absmax, which is NaN when any x is NaN (as torch's amax)
+ * and replaced by 1 as the divisor when not > 0 (as quantize_blockwise). The max runs on the
+ * bits of |x|: for non-negative floats their order is the integers', and NaNs sort above inf. */
+INLINE void requantize(const float* restrict x, int64_t n, uint8_t* restrict codes,
+                       float* restrict absmax, const int32_t* restrict table) {
+    uint32_t top = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t a = f32_bits(x[i]) & 0x7fffffffu;
+        top = a > top ? a : top;
+    }
+    float amax = top > 0x7f800000u ? NAN : bits_f32(top);
+    *absmax = amax;
+    float scale = amax > 0.0f ? amax : 1.0f;
+    uint8_t q[QBLOCK]; /* a local buffer: provably apart from the tables, so gathers vectorize */
+    for (int64_t i = 0; i < n; i++) {
+        float y = x[i] / scale;
+        int32_t u = (int32_t)f32_bits(y); /* signed indices: what vector gathers take */
+        int32_t s = (u >> 31) & 1, e = (u >> 23) & 0xff;
+        int32_t slot = e < E_LO ? 0 : ((e - E_LO + 1) << 8) | ((u >> 15) & 0xff);
+        slot = e >= 127 ? SLOT_ONE << 8 : slot; /* |y| >= 1: below every midpoint, or above */
+        slot = e == 0xff ? SLOT_NAN << 8 : slot;
+        int32_t entry = table[s * (E_SLOTS << 8) + slot];
+        /* y > the bucket's midpoint, compared on the 15 bits below the bucket's 17: for
+         * negative values the larger bits are the smaller value. Equal: the lower code. */
+        int32_t low = u & 0x7fff, mid = (entry >> 8) & 0x7fff;
+        int32_t above = (entry >> 23) & (s ? low < mid : low > mid);
+        int32_t c = (entry & 0xff) + above;
+        q[i] = (uint8_t)c;
+    }
+    memcpy(codes, q, (size_t)n);
+}
+
+/* the tensor holding global block `block`: first[t] <= block < first[t + 1] */
+INLINE int64_t find_tensor(const int64_t* first, int64_t ntensors, int64_t block) {
+    int64_t lo = 0, hi = ntensors - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2;
+        if (first[mid] <= block) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+INLINE void adamw_block(void* restrict p, const void* restrict g, uint8_t* restrict mc,
+                        float* restrict ma, uint8_t* restrict vc, float* restrict va,
+                        int64_t start, int64_t n, float gsign, const float* restrict code1,
+                        const int32_t* table1, const float* restrict code2,
+                        const int32_t* table2, const float* restrict h,
+                        const int p_bf16, const int g_bf16) {
+    const float beta1 = h[0], omb1 = h[1], beta2 = h[2], omb2 = h[3];
+    const float bc2_sqrt = h[4], eps = h[5], decay = h[6], step_size = h[7];
+    const float ma_k = *ma, va_k = *va;
+    float m[QBLOCK], v[QBLOCK];
+    for (int64_t i = 0; i < n; i++) {
+        float gi = load(g, start + i, g_bf16) * gsign; /* exact: gsign is +-1 */
+        float mi = code1[mc[i]] * ma_k;
+        float vi = code2[vc[i]] * va_k;
+        mi = mi * beta1 + gi * omb1;
+        vi = vi * beta2 + gi * gi * omb2;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        float pi = load(p, start + i, p_bf16);
+        store(p, start + i, pi * decay - step_size * (mi / denom), p_bf16);
+        m[i] = mi;
+        v[i] = vi;
+    }
+    requantize(m, n, mc, ma, table1);
+    requantize(v, n, vc, va, table2);
+}
+
+INLINE void lion_block(void* restrict p, const void* restrict g, uint8_t* restrict mc,
+                       float* restrict ma, int64_t start, int64_t n, float gsign,
+                       const float* restrict code1, const int32_t* table1,
+                       const float* restrict h, const int p_bf16, const int g_bf16) {
+    const float beta1 = h[0], omb1 = h[1], beta2 = h[2], omb2 = h[3];
+    const float decay = h[4], lr = h[5];
+    const float ma_k = *ma;
+    float m[QBLOCK];
+    for (int64_t i = 0; i < n; i++) {
+        float gi = load(g, start + i, g_bf16) * gsign;
+        float mi = code1[mc[i]] * ma_k;
+        float c = mi * beta1 + gi * omb1;
+        float d = (float)((c > 0.0f) - (c < 0.0f)); /* torch.sign: 0 for 0 and NaN */
+        float pi = load(p, start + i, p_bf16);
+        store(p, start + i, pi * decay - d * lr, p_bf16);
+        m[i] = mi * beta2 + gi * omb2;
+    }
+    requantize(m, n, mc, ma, table1);
+}
+
+#define DISPATCH(call)                                       \
+    switch (p_bf16 * 2 + g_bf16) {                           \
+        case 0: call(0, 0); break;                           \
+        case 1: call(0, 1); break;                           \
+        case 2: call(1, 0); break;                           \
+        default: call(1, 1); break;                          \
+    }
+
+/* The blocks of every tensor, shared out over the threads: tensor t, its block k, holding
+ * elements [start, start + n). */
+#define FOR_EACH_BLOCK(BODY)                                                                 \
+    const int64_t nblocks = first[ntensors];                                                 \
+    const float gsign = maximize ? -1.0f : 1.0f;                                             \
+    _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                       \
+    for (int64_t b = 0; b < nblocks; b++) {                                                  \
+        int64_t t = find_tensor(first, ntensors, b);                                         \
+        int64_t k = b - first[t];                                                            \
+        int64_t start = k * QBLOCK;                                                          \
+        int64_t n = numel[t] - start < QBLOCK ? numel[t] - start : QBLOCK;                   \
+        BODY                                                                                 \
+    }
+
+#define ADAMW(P, G)                                                                          \
+    adamw_block((void*)p_ptr[t], (const void*)g_ptr[t], (uint8_t*)m_ptr[t] + start,            \
+                (float*)ma_ptr[t] + k, (uint8_t*)v_ptr[t] + start, (float*)va_ptr[t] + k,      \
+                start, n, gsign, code1, table1, code2, table2, hyper, P, G)
+#define LION(P, G)                                                                           \
+    lion_block((void*)p_ptr[t], (const void*)g_ptr[t], (uint8_t*)m_ptr[t] + start,             \
+               (float*)ma_ptr[t] + k, start, n, gsign, code1, table1, hyper, P, G)
+
+/* hyper: beta1, 1-beta1, beta2, 1-beta2, sqrt(1-beta2^t), eps, 1-lr*wd, lr/(1-beta1^t),
+ * each rounded to fp32 as torch rounds a Python scalar for an fp32 tensor. */
+void adamw8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
+               const int64_t* p_ptr, const int64_t* g_ptr, const int64_t* m_ptr,
+               const int64_t* ma_ptr, const int64_t* v_ptr, const int64_t* va_ptr,
+               int p_bf16, int g_bf16, int maximize,
+               const float* code1, const int32_t* table1,
+               const float* code2, const int32_t* table2,
+               const float* hyper, int nthreads) {
+    FOR_EACH_BLOCK(DISPATCH(ADAMW))
+}
+
+/* hyper: beta1, 1-beta1, beta2, 1-beta2, 1-lr*wd, lr. */
+void lion8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
+              const int64_t* p_ptr, const int64_t* g_ptr, const int64_t* m_ptr,
+              const int64_t* ma_ptr, int p_bf16, int g_bf16, int maximize,
+              const float* code1, const int32_t* table1,
+              const float* hyper, int nthreads) {
+    FOR_EACH_BLOCK(DISPATCH(LION))
+}
+
+/* Blockwise codes and absmax of x[0..n) (quant.quantize_blockwise's result, faster). */
+void quantize8bit(int64_t n, const float* x, uint8_t* codes, float* absmax,
+                  const int32_t* table, int nthreads) {
+    const int64_t nblocks = (n + QBLOCK - 1) / QBLOCK;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t b = 0; b < nblocks; b++) {
+        int64_t start = b * QBLOCK;
+        int64_t len = n - start < QBLOCK ? n - start : QBLOCK;
+        requantize(x + start, len, codes + start, absmax + b, table);
+    }
+}
