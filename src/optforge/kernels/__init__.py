@@ -10,6 +10,7 @@ graphs over chunks of the list, or a kernel registered for the rule with ``regis
 from optforge.kernels.dispatch import (
     BACKENDS,
     Rule,
+    all_finite,
     apply_rule_,
     check_backend,
     register_kernel,
@@ -19,6 +20,7 @@ from optforge.kernels.dispatch import (
 __all__ = [
     "BACKENDS",
     "Rule",
+    "all_finite",
     "apply_rule_",
     "check_backend",
     "register_kernel",

@@ -28,7 +28,15 @@ from torch import Tensor
 
 from optforge.kernels.rule import Rule, flat_view, loop, write
 
-__all__ = ["CHUNK", "SMALL", "compiled_ready", "persistent_scalar", "run_compiled", "static_items"]
+__all__ = [
+    "CHUNK",
+    "SMALL",
+    "compiled_all_finite",
+    "compiled_ready",
+    "persistent_scalar",
+    "run_compiled",
+    "static_items",
+]
 
 #: tensors updated per compiled call.
 CHUNK = 16
@@ -141,12 +149,13 @@ def run_compiled(rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[s
         loop(rule, lists, hyper)
         return
     first = lists[0][0]
-    # Scalars in the parameter's compute precision (fp32 for fp32/bf16/fp16): fp64 scalars make
-    # inductor run part of an fp32 rule in double (16% slower on CPU), and eager fp32 math rounds
-    # Python floats to fp32 anyway.
-    sdtype = torch.promote_types(first.dtype, torch.float32)
+    # Scalars in fp64, as the eager path's Python floats: a rule's scalar arithmetic
+    # (``1 - beta2``, ``1 - lr * weight_decay``) then rounds as in Python, and the result is
+    # rounded once to the tensor's compute dtype where it meets a tensor, as eager ATen does
+    # with a Python scalar. In fp32 scalars, ``1 - 0.99`` differs from Python's in the last bit
+    # and moved a quarter of Lion's momentum elements by an ulp.
     names = tuple(sorted(k for k, v in hyper.items() if not (v is None or isinstance(v, bool))))
-    scalars = [persistent_scalar(first.device, sdtype, k, float(hyper[k])) for k in names]
+    scalars = [persistent_scalar(first.device, torch.float64, k, float(hyper[k])) for k in names]
 
     entries: list[list[Tensor]] = []
     small: list[list[Tensor]] = []
@@ -204,3 +213,70 @@ def run_compiled(rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[s
             torch._foreach_copy_(list(outs), list(value.split(sizes)))
     for tensors in eager:
         loop(rule, [[t] for t in tensors], hyper)
+
+
+#: the finiteness check's graph key (one graph, like a rule's, for every list and dtype mix).
+_FINITE_KEY = ("all_finite",)
+
+
+def _finite_graph() -> Callable[[list[Tensor]], Tensor]:
+    fn = _GRAPHS.get(_FINITE_KEY)
+    if fn is not None:
+        return fn
+
+    def optforge_all_finite(tensors: list[Tensor]) -> Tensor:
+        # |t|'s max is finite exactly when every element is (inductor's max propagates NaN):
+        # one vectorized reduction per tensor; isfinite().all() compiles to a scalar loop.
+        return torch.stack([t.abs().amax().float() for t in tensors]).isfinite().all()
+
+    compiled = torch.compile(optforge_all_finite, backend=COMPILER, dynamic=True, fullgraph=True)
+
+    def call(tensors: list[Tensor]) -> Tensor:
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            out = compiled(tensors)
+        call._optforge_ran = True  # type: ignore[attr-defined]
+        return out
+
+    _GRAPHS[_FINITE_KEY] = call
+    return call
+
+
+def compiled_all_finite(tensors: Sequence[Tensor]) -> Tensor | None:
+    """A 0-d bool tensor: every element of every tensor is finite (no host sync). One compiled
+    reduction per ``CHUNK`` tensors, a read of each gradient and nothing written; None when the
+    graph failed to compile (the caller checks eagerly)."""
+    if _FINITE_KEY in _FAILED:
+        return None
+    entries, eager = [], []
+    for t in tensors:
+        flat = flat_view([t])
+        if flat is None or t.numel() < 2:  # strided views; sizes 0 and 1 would be specialized
+            eager.append(t)
+        else:
+            entries.append(flat[0].detach())
+    flags = [torch.isfinite(t).all() for t in eager]
+    try:
+        if entries:
+            fn = _finite_graph()
+            warm = (_FINITE_KEY, entries[0].device, entries[0].dtype)
+            if warm not in _WARM:  # compile on sizes worth threading (see _WARM_NUMEL)
+                like = entries[0]
+                fn([torch.zeros(_WARM_NUMEL + i, dtype=like.dtype, device=like.device)
+                    for i in range(CHUNK)])
+                _WARM.add(warm)
+            for start in range(0, len(entries), CHUNK):
+                chunk = entries[start : start + CHUNK]
+                for slot in range(len(chunk), CHUNK):
+                    chunk.append(_scratch(chunk[:1], slot)[0])
+                flags.append(fn(chunk))
+    except Exception as exc:  # noqa: BLE001 - any compiler failure falls back, once
+        _FAILED.add(_FINITE_KEY)
+        warnings.warn(
+            f"optforge: compiling the finiteness check failed ({type(exc).__name__}); "
+            "checking eagerly from now on",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+    device = tensors[0].device
+    return torch.stack([f.to(device) for f in flags]).all() if flags else torch.tensor(True)

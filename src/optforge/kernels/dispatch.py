@@ -12,9 +12,14 @@ the tensors by device and dtypes and runs each group on a backend:
   so a changing lr neither recompiles nor copies (``kernels.compiled``). A compilation that
   fails warns once and falls back to the loop: training never dies of a compiler.
 * ``"auto"``: a registered kernel if one serves the device and dtype; else ``compiled`` on CUDA;
-  on CPU the eager ``foreach`` (elementwise rules) or ``loop``, bit-equal to the reference. With
-  ``OPTFORGE_AUTO_COMPILE_AFTER_S`` set, a CPU list moves to ``compiled`` once it has spent that
-  many seconds eagerly (see ``resolve_backend``).
+  on CPU the eager ``foreach`` (elementwise rules) or ``loop``, bit-equal to the reference, and
+  for an fp32 list of a rule whose compiled graph rounds exactly as eager does (``Rule.exact``),
+  ``compiled`` once the list has spent ``AUTO_COMPILE_AFTER_S`` seconds eagerly (ski rental).
+  The switch changes no bit of the results, so a resumed run repeats an uninterrupted one
+  whichever step each switched at.
+
+``all_finite`` checks gradients without a host sync (eager packs on CPU, a compiled
+reduction per 16 tensors on CUDA).
 
 Backends registered with ``register_kernel`` (e.g. hand-written Triton kernels) take precedence
 for the rule, devices and dtypes they declare. Kernels know nothing of optimizer classes.
@@ -22,23 +27,31 @@ for the rule, devices and dtypes they declare. Kernels know nothing of optimizer
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from optforge.kernels.compiled import compiled_ready, run_compiled, static_items
-from optforge.kernels.foreach import run_foreach
+from optforge.kernels.compiled import (
+    compiled_all_finite,
+    compiled_ready,
+    run_compiled,
+    static_items,
+)
+from optforge.kernels.foreach import PACK, run_foreach
 from optforge.kernels.rule import Rule, loop
 
 __all__ = [
     "AUTO_COMPILE_AFTER_S",
     "BACKENDS",
     "Rule",
+    "all_finite",
     "apply_rule_",
     "check_backend",
     "register_kernel",
@@ -47,15 +60,16 @@ __all__ = [
 
 BACKENDS = ("auto", "loop", "foreach", "compiled")
 
-#: ``auto`` on CPU can compile a list's rule once the eager path has spent this long on it: the
-#: ski-rental rule (rent until the rent paid equals the price), whose total time is at most
+#: ``auto`` on CPU compiles a list's rule once the eager path has spent this many seconds on it:
+#: the ski-rental rule (rent until the rent paid equals the price), whose total time is at most
 #: twice that of the better choice made knowing the run's length in advance. The price is a
-#: first compilation, ~20-60 s with an empty inductor cache on 2 cores (docs/benchmarks.md).
-#: Off by default (``inf``): the switch happens at a step that depends on the machine's speed,
-#: and compiled rounding differs from eager in the last bits, so a resumed run would not repeat
-#: an uninterrupted one bit for bit. ``OPTFORGE_AUTO_COMPILE_AFTER_S=30`` turns it on; ``0``
-#: compiles at once.
-AUTO_COMPILE_AFTER_S = float(os.environ.get("OPTFORGE_AUTO_COMPILE_AFTER_S", "inf"))
+#: first compilation: 20-60 s with an empty inductor cache on 2 cores, 4-6 s warm
+#: (docs/benchmarks.md); 30 s sits in the cold range, so a run whose optimizer steps take less
+#: than 30 s in all never compiles. Only rules marked ``exact`` on fp32 lists switch: their
+#: compiled graph gives the eager bits, so the step at which the switch happens (which depends
+#: on the machine's speed) changes nothing. ``OPTFORGE_AUTO_COMPILE_AFTER_S=inf`` turns the
+#: switch off; ``0`` compiles at once.
+AUTO_COMPILE_AFTER_S = float(os.environ.get("OPTFORGE_AUTO_COMPILE_AFTER_S", "30"))
 
 
 Kernel = Callable[[Rule, Sequence[Sequence[Tensor]], Mapping[str, Any]], None]
@@ -118,10 +132,10 @@ def resolve_backend(backend: str, rule: Rule, device: torch.device, dtype: torch
 
     An explicit backend that cannot run raises. ``auto`` picks a registered kernel when one
     serves the device and dtype, else ``compiled`` on CUDA, else (CPU) the eager ``foreach``
-    for elementwise rules and ``loop`` for the others. With ``AUTO_COMPILE_AFTER_S`` finite
-    (opt-in), ``apply_rule_`` moves a CPU list from that eager path to ``compiled`` once it has
-    spent that many seconds there: a first compilation costs tens of seconds, which a short run
-    never earns back, and a long run earns back many times.
+    for elementwise rules and ``loop`` for the others. ``apply_rule_`` then moves a CPU list
+    of an ``exact`` rule from that eager path to ``compiled`` once it has spent
+    ``AUTO_COMPILE_AFTER_S`` seconds there: a first compilation costs tens of seconds, which a
+    short run never earns back, and a long run earns back many times.
     """
     if backend == "auto":
         for (rid, name), _ in _KERNELS.items():
@@ -171,16 +185,29 @@ def apply_rule_(
         tensor_lists = [
             [torch.view_as_real(t) if t.is_complex() else t for t in lst] for lst in tensor_lists
         ]
-    for (device, dtype, _), index in _groups(tensor_lists).items():
+    for (device, dtype, dtypes), index in _groups(tensor_lists).items():
         if len(index) == len(tensor_lists[0]):
             lists: Sequence[Sequence[Tensor]] = tensor_lists
         else:
             lists = [[lst[i] for i in index] for lst in tensor_lists]
         chosen = resolve_backend(backend, rule, device, dtype)
-        if backend == "auto" and chosen in ("foreach", "loop") and device.type == "cpu":
-            if _auto_eager(rule, lists, hyper, chosen, device, dtype):
+        if (
+            backend == "auto"
+            and chosen in ("foreach", "loop")
+            and device.type == "cpu"
+            and rule.exact
+            and all(d == torch.float32 for d in dtypes)
+        ):
+            # Only rules whose compiled graph rounds as eager does (``Rule.exact``), shown for
+            # fp32: inductor rounds a Python scalar to bf16 before a bf16 multiply, eager ATen
+            # to fp32, so bf16 lists stay eager.
+            key = (id(rule), static_items(hyper), device, len(lists[0]))
+            if _rent(key, lists[0][0], compiled_ready(rule, hyper, len(lists)) is not False):
+                chosen = "compiled"
+            else:
+                with _renting(key):
+                    _run(chosen, rule, lists, hyper)
                 continue
-            chosen = "compiled"
         _run(chosen, rule, lists, hyper)
 
 
@@ -197,33 +224,81 @@ def _run(
         _KERNELS[(id(rule), chosen)].fn(rule, lists, hyper)
 
 
-#: eager seconds spent per list (rule, flags, device, dtype, length, first tensor).
-_EAGER_SPENT: dict[tuple[Any, ...], float] = {}
+#: eager seconds spent per list, with a weak reference to the list's first tensor: a list is
+#: told apart by its rule, flags, device, length and first tensor (alive), so one optimizer's
+#: steps accumulate, and a new optimizer whose first tensor reuses a dead one's id starts at 0.
+_EAGER_SPENT: dict[tuple[Any, ...], tuple[float, weakref.ref[Tensor]]] = {}
 
 
-def _auto_eager(
-    rule: Rule,
-    lists: Sequence[Sequence[Tensor]],
-    hyper: Mapping[str, Any],
-    eager: str,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> bool:
-    """Run the eager tier of ``auto`` unless this list has paid for a compilation; True if ran.
+def _rent(key: tuple[Any, ...], first: Tensor, can_compile: bool) -> bool:
+    """True when this list has paid for a compilation (and the compiler has not failed)."""
+    spent, ref = _EAGER_SPENT.get(key, (0.0, None))
+    if ref is None or ref() is not first:
+        if len(_EAGER_SPENT) >= 4096:
+            _EAGER_SPENT.pop(next(iter(_EAGER_SPENT)))
+        spent = 0.0
+        _EAGER_SPENT[key] = (spent, weakref.ref(first))
+    return spent >= AUTO_COMPILE_AFTER_S and can_compile
 
-    Lists are told apart by their rule, flags, device, dtype, length and first tensor, so one
-    optimizer's steps accumulate and unrelated optimizers in one process do not.
-    """
-    key = (id(rule), static_items(hyper), device, dtype, len(lists[0]), id(lists[0][0]))
-    spent = _EAGER_SPENT.get(key, 0.0)
-    if spent >= AUTO_COMPILE_AFTER_S and compiled_ready(rule, hyper, len(lists)) is not False:
-        return False
+
+@contextlib.contextmanager
+def _renting(key: tuple[Any, ...]) -> Iterator[None]:
+    """Adds the time of the eager work inside to the list's account."""
     start = time.perf_counter()
-    _run(eager, rule, lists, hyper)
-    if len(_EAGER_SPENT) >= 4096 and key not in _EAGER_SPENT:
-        _EAGER_SPENT.pop(next(iter(_EAGER_SPENT)))
-    _EAGER_SPENT[key] = spent + (time.perf_counter() - start)
-    return True
+    try:
+        yield
+    finally:
+        spent, ref = _EAGER_SPENT[key]
+        _EAGER_SPENT[key] = (spent + time.perf_counter() - start, ref)
+
+
+def all_finite(tensors: Sequence[Tensor], *, backend: str = "auto") -> Tensor:
+    """A 0-d bool tensor: True when every element of every tensor is finite. No host sync.
+
+    The check that runs before an update writes anything (``check_finite``). On CUDA under
+    ``auto`` or ``compiled``: one compiled reduction per ``CHUNK`` tensors. On CPU, eagerly:
+    small tensors concatenated into packs, one ``aminmax`` per pack or large tensor, one
+    ``stack`` at the end (min and max are finite exactly when every element is, and unlike a
+    sum they cannot overflow). The compiled reduction measured ~3x slower than this on CPU
+    under load (docs/benchmarks.md, issue 7), so CPU keeps the eager check on every tier.
+    """
+    tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors if t.numel()]
+    if not tensors:
+        return torch.tensor(True)
+    device = tensors[0].device
+    if (
+        backend in ("compiled", "auto")
+        and device.type == "cuda"
+        and _compiler_works(device)
+        and all(t.device == device for t in tensors)
+    ):
+        out = compiled_all_finite(tensors)
+        if out is not None:
+            return out
+    return _eager_all_finite(tensors)
+
+
+def _eager_all_finite(tensors: Sequence[Tensor]) -> Tensor:
+    extremes: dict[torch.device, list[Tensor]] = {}
+    packs: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+
+    def reduce(t: Tensor) -> None:
+        extremes.setdefault(t.device, []).extend(torch.aminmax(t))
+
+    for t in tensors:
+        if t.numel() > PACK:
+            reduce(t)
+            continue
+        pack = packs.setdefault((t.device, t.dtype), [])
+        pack.append(t.reshape(-1))
+        if sum(p.numel() for p in pack) >= PACK:
+            reduce(torch.cat(pack))
+            pack.clear()
+    for pack in packs.values():
+        if pack:
+            reduce(torch.cat(pack) if len(pack) > 1 else pack[0])
+    flags = [torch.stack(vals).isfinite().all() for vals in extremes.values()]
+    return flags[0] if len(flags) == 1 else torch.stack([f.cpu() for f in flags]).all()
 
 
 def _groups(

@@ -24,12 +24,17 @@ class Rule:
         n_out: how many leading tensors the rule returns new values for.
         elementwise: output element i depends only on input elements i (no norms, no
             reductions); such a rule may run on a concatenation of tensors, or on slices of one.
+        exact: the compiled backend gives the loop's bits on fp32 tensors (only ops that round
+            the same in eager ATen and inductor's C++: +, -, ×, ÷, sign, ``exact_sqrt``; no
+            reductions). Shown by tests; lets ``auto`` switch to compiled graphs mid-run on
+            CPU without changing a result.
     """
 
     fn: Callable[..., tuple[Tensor, ...]]
     n_out: int
     elementwise: bool = True
     name: str = field(default="")
+    exact: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -34,6 +34,7 @@ __all__ = [
     "adam_direction",
     "apply_update",
     "direction_rule",
+    "exact_sqrt",
     "lion_direction",
     "random_rounding_bits",
     "sgd_momentum_direction",
@@ -102,8 +103,22 @@ def adam_direction(
     """
     exp_avg = exp_avg * beta1 + grad * (1 - beta1)
     exp_avg_sq = exp_avg_sq * beta2 + grad * grad * (1 - beta2)
-    update = (exp_avg / bias_correction1) / (torch.sqrt(exp_avg_sq / bias_correction2) + eps)
+    update = (exp_avg / bias_correction1) / (exact_sqrt(exp_avg_sq / bias_correction2) + eps)
     return update, exp_avg, exp_avg_sq
+
+
+def exact_sqrt(x: Tensor) -> Tensor:
+    """``√x`` correctly rounded, on every backend.
+
+    Eager ``torch.sqrt`` on CPU runs a vector-math library for fp32 (MKL/Sleef, within 1 ulp
+    but not always the nearest value: ~0.7% of elements differ), while compiled code uses the
+    IEEE instruction. A square root taken in fp64 and rounded once to fp32 is the correctly
+    rounded fp32 one (53 ≥ 2·24 + 2 bits), so both paths agree bit for bit; bf16/fp16 go
+    through that fp32 value, then round to nearest.
+    """
+    if x.dtype == torch.float64:
+        return torch.sqrt(x)
+    return torch.sqrt(x.double()).float().to(x.dtype)
 
 
 def sgd_momentum_direction(
@@ -137,4 +152,10 @@ def direction_rule(direction: Callable[..., tuple[Tensor, ...]], n_state: int, n
         return (new_param, *new_state)
 
     rule.__name__ = rule.__qualname__ = name
-    return Rule(rule, n_out=1 + n_state, elementwise=True, name=name)
+    exact = direction in _EXACT_DIRECTIONS
+    return Rule(rule, n_out=1 + n_state, elementwise=True, name=name, exact=exact)
+
+
+#: directions whose ops round the same eagerly and compiled (tests/kernels/test_exact.py shows
+#: it for the rules made of them, on fp32); ``apply_update`` is exact too.
+_EXACT_DIRECTIONS = frozenset({lion_direction, adam_direction, sgd_momentum_direction})
