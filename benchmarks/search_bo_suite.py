@@ -12,8 +12,8 @@ ends, so a crash loses nothing; ``--table`` builds the Markdown tables from that
 
 Usage::
 
-    nice -n 5 python benchmarks/search_bo_suite.py --out bo_suite.jsonl --worker 0 --workers 2 &
-    nice -n 5 python benchmarks/search_bo_suite.py --out bo_suite.jsonl --worker 1 --workers 2 &
+    nice -n 5 python benchmarks/search_bo_suite.py --out bo_suite.jsonl &   # as many workers
+    nice -n 5 python benchmarks/search_bo_suite.py --out bo_suite.jsonl &   # as there are cores
     python benchmarks/search_bo_suite.py --out bo_suite.jsonl --table
 """
 
@@ -304,8 +304,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["optforge", "optuna"], choices=["optforge", "optuna"])
     parser.add_argument("--label", default="default", help="names the optforge configuration")
     parser.add_argument("--kwargs", default="{}", help="JSON: extra BayesianOptimization kwargs")
-    parser.add_argument("--worker", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--claims",
+        default=None,
+        help="folder of claim files: any number of workers share the job list, each job "
+        "runs once (a worker claims a job by creating its file); default: <out>.claims",
+    )
+    parser.add_argument("--reverse", action="store_true", help="take jobs from the end")
     parser.add_argument("--table", action="store_true", help="print the tables from --out")
     parser.add_argument("--ns", type=int, nargs="+", default=[50, 100])
     args = parser.parse_args()
@@ -315,9 +320,15 @@ def main() -> None:
         return
     kwargs = json.loads(args.kwargs)
     jobs = [(p, s) for s in args.seeds for p in args.problems]  # seed-major: early coverage
+    if args.reverse:
+        jobs.reverse()
+    claims = Path(args.claims or f"{args.out}.claims")
+    claims.mkdir(parents=True, exist_ok=True)
     sha = _git_sha()
-    for k, (p, s) in enumerate(jobs):
-        if k % args.workers != args.worker:
+    for p, s in jobs:
+        try:  # atomic: exactly one worker creates the file
+            os.close(os.open(claims / f"{args.label}-{p}-{s}", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
             continue
         t0 = time.time()
         res = run_job(p, s, args.n, args.methods, kwargs)
