@@ -45,6 +45,7 @@ from search_bo import branin, hartmann6  # noqa: E402
 from optforge.search.bo import (  # noqa: E402
     BayesianOptimization,
     Categorical,
+    GaussianProcess,
     Integer,
     Real,
     SearchSpace,
@@ -196,6 +197,9 @@ class _OptforgeStepper:
         spec = {}
         for name, (kind, *a) in dims.items():
             spec[name] = {"real": Real, "int": Integer}[kind](*a) if kind != "cat" else Categorical(a[0])
+        kwargs = dict(kwargs)
+        if "gp" in kwargs:  # GaussianProcess options, e.g. {"gp": {"n_restarts": 1}}
+            kwargs["surrogate"] = GaussianProcess(**kwargs.pop("gp"))
         self.bo = BayesianOptimization(SearchSpace(spec), seed=seed, **kwargs)
 
     def ask(self) -> tuple[object, dict]:
