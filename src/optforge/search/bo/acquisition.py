@@ -211,7 +211,7 @@ def optimize_acquisition(
     *,
     warm_starts: np.ndarray | None = None,
     n_raw_samples: int = 2048,
-    n_restarts: int = 10,
+    n_restarts: int = 40,
     max_enumerate: int = 16,
     maxiter: int = 200,
     pgtol: float = 1e-5,
@@ -226,8 +226,11 @@ def optimize_acquisition(
         rng: randomness (the Sobol scramble seed).
         warm_starts: ``(k, D)`` encoded points always polished (e.g. the best observed).
         n_raw_samples: scrambled-Sobol raw samples (Optuna's GPSampler: 2048).
-        n_restarts: starting points polished, warm starts included (Optuna: 10; BoTorch
-            tutorials: 10).
+        n_restarts: starting points polished, warm starts included (default 40; Optuna and
+            BoTorch's tutorials: 10). The runs are batched, so more starts cost little: on
+            Styblinski-Tang-8D at N = 60 (8 seeds of the search, one fitted GP), 10 starts
+            found the better of two acquisition maxima 2 times of 8, 20 starts 5, 40 starts
+            8, in about the same time (0.98, 1.15, 1.08 s, loaded 2-core VM).
         max_enumerate: integer dimensions with at most this many values are enumerated
             (Optuna: 16); larger ones are relaxed to reals and snapped.
         maxiter: L-BFGS-B iterations per polishing round (Optuna: 200).
