@@ -40,8 +40,6 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_bo import branin, hartmann6  # noqa: E402
-
 from optforge.search.bo import (  # noqa: E402
     BayesianOptimization,
     Categorical,
@@ -50,10 +48,13 @@ from optforge.search.bo import (  # noqa: E402
     Real,
     SearchSpace,
 )
+from search_bo import branin, hartmann6  # noqa: E402
 
 # ------------------------------------------------------------------------ test functions
 _A3 = np.array([[3.0, 10, 30], [0.1, 10, 35], [3.0, 10, 30], [0.1, 10, 35]])
-_P3 = 1e-4 * np.array([[3689, 1170, 2673], [4699, 4387, 7470], [1091, 8732, 5547], [381, 5743, 8828]])
+_P3 = 1e-4 * np.array(
+    [[3689, 1170, 2673], [4699, 4387, 7470], [1091, 8732, 5547], [381, 5743, 8828]]
+)
 _ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
 _ST_MIN_1D = -39.16616570377142  # Styblinski-Tang per coordinate, at x = -2.903534
 
@@ -182,8 +183,11 @@ PROBLEMS = _problems()
 #: not in the default suite: where a deep ensemble might beat the GP (categorical-heavy, 20-D)
 EXTRA = {
     "cat-heavy-10d": (
-        {**{f"c{j}": ("cat", [0, 1, 2, 3]) for j in range(8)}, "x0": ("real", 0.0, 1.0),
-         "x1": ("real", 0.0, 1.0)},
+        {
+            **{f"c{j}": ("cat", [0, 1, 2, 3]) for j in range(8)},
+            "x0": ("real", 0.0, 1.0),
+            "x1": ("real", 0.0, 1.0),
+        },
         cat_heavy,
         _cat_heavy_min(),
     ),
@@ -196,7 +200,9 @@ class _OptforgeStepper:
     def __init__(self, dims: dict, seed: int, kwargs: dict) -> None:
         spec = {}
         for name, (kind, *a) in dims.items():
-            spec[name] = {"real": Real, "int": Integer}[kind](*a) if kind != "cat" else Categorical(a[0])
+            spec[name] = (
+                {"real": Real, "int": Integer}[kind](*a) if kind != "cat" else Categorical(a[0])
+            )
         kwargs = dict(kwargs)
         if "gp" in kwargs:  # GaussianProcess options, e.g. {"gp": {"n_restarts": 1}}
             kwargs["surrogate"] = GaussianProcess(**kwargs.pop("gp"))
@@ -243,7 +249,9 @@ def run_job(problem: str, seed: int, n: int, methods: list[str], kwargs: dict) -
     dims, obj, fmin = {**PROBLEMS, **EXTRA}[problem]
     steppers: dict = {}
     for m in methods:
-        steppers[m] = _OptforgeStepper(dims, seed, kwargs) if m == "optforge" else _OptunaStepper(dims, seed)
+        steppers[m] = (
+            _OptforgeStepper(dims, seed, kwargs) if m == "optforge" else _OptunaStepper(dims, seed)
+        )
     values = {m: [] for m in methods}
     times = {m: [] for m in methods}
     for step in range(n):
@@ -267,8 +275,12 @@ def run_job(problem: str, seed: int, n: int, methods: list[str], kwargs: dict) -
 def _git_sha() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "src"], capture_output=True, text=True)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "src"], capture_output=True, text=True
+        )
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except OSError:
         return "unknown"
@@ -343,7 +355,9 @@ def main() -> None:
     parser.add_argument(
         "--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS) + list(EXTRA)
     )
-    parser.add_argument("--methods", nargs="+", default=["optforge", "optuna"], choices=["optforge", "optuna"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["optforge", "optuna"], choices=["optforge", "optuna"]
+    )
     parser.add_argument("--label", default="default", help="names the optforge configuration")
     parser.add_argument("--kwargs", default="{}", help="JSON: extra BayesianOptimization kwargs")
     parser.add_argument(

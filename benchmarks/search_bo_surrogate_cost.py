@@ -28,9 +28,8 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_bo_suite import levy  # noqa: E402
-
 from optforge.search.bo import BayesianOptimization, Real, SearchSpace  # noqa: E402
+from search_bo_suite import levy  # noqa: E402
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ __all__ = ["batched_lbfgsb"]
 try:  # the reverse-communication entry point of scipy >= 1.15
     from scipy.optimize import _lbfgsb
 
-    _SETULB = _lbfgsb.setulb if tuple(int(p) for p in scipy.__version__.split(".")[:2]) >= (1, 15) else None
+    _SCIPY = tuple(int(p) for p in scipy.__version__.split(".")[:2])
+    _SETULB = _lbfgsb.setulb if _SCIPY >= (1, 15) else None
 except (ImportError, AttributeError, ValueError):  # pragma: no cover - other scipy builds
     _SETULB = None
 
@@ -128,7 +129,7 @@ def _sequential(fun_and_grad, x0, bounds, maxiter, pgtol):  # pragma: no cover -
     for i in range(len(x0)):
         run = np.array([i])
         res = minimize(
-            lambda x: tuple(a[0] for a in fun_and_grad(x[None], run)),
+            lambda x, run=run: tuple(a[0] for a in fun_and_grad(x[None], run)),
             x0[i],
             jac=True,
             method="L-BFGS-B",
