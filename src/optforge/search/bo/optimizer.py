@@ -114,9 +114,8 @@ class BayesianOptimization(SearchAlgorithm):
         beta: UCB's exploration weight (default ``1.96**2``); ignored by LogEI.
         deterministic_objective: the objective has no noise: the GP's noise is fixed at its
             floor 1e-6 (Optuna's ``deterministic_objective``). Default False (noise fitted).
-        n_raw_samples, n_restarts: acquisition search effort (defaults 2048, Optuna's, and 40,
-            Optuna's 10 found the acquisition's maximum less often; see
-            :func:`~optforge.search.bo.acquisition.optimize_acquisition`).
+        n_raw_samples, n_restarts: acquisition search effort (defaults 2048 and 10, Optuna's;
+            see :func:`~optforge.search.bo.acquisition.optimize_acquisition`).
 
     Results (``tell``): one finite float per id, the objective value. Non-finite values raise
     ``ValueError``; use :meth:`discard` for failed evaluations.
@@ -135,7 +134,7 @@ class BayesianOptimization(SearchAlgorithm):
         beta: float = 1.96**2,
         deterministic_objective: bool = False,
         n_raw_samples: int = 2048,
-        n_restarts: int = 40,
+        n_restarts: int = 10,
     ) -> None:
         if not isinstance(space, SearchSpace):
             raise TypeError(f"space must be a SearchSpace (got {type(space).__name__})")
