@@ -29,8 +29,8 @@ Williams 2006, eq. 4.17), one lengthscale per input column (ARD).
 
 Fitting maximizes ``log p(z | X, theta) + log p(theta)`` over ``theta`` with scipy's L-BFGS-B
 and analytic gradients (tested against torch autograd and finite differences), from several
-starting points (the previous fit, the default ``rho = s = noise = 1`` and random
-perturbations of it), keeping the best. The priors and the
+starting points (the previous fit and the default ``rho = s = noise = 1``; ``n_restarts``
+adds random perturbations of the default), keeping the best. The priors and the
 noise floor are Optuna's GPSampler's (``optuna/_gp/prior.py``, optuna 5.0):
 ``log p(rho) = -sum_j (0.1 / rho_j + 0.1 rho_j)``, ``s ~ Gamma(2, 1)``,
 ``noise ~ Gamma(1.1, 30)``, ``noise >= 1e-6``; the optimizer tolerance ``gtol = 1e-2`` is also
