@@ -144,7 +144,8 @@ def test_maximizer_enumerates_categoricals_and_snaps_integers() -> None:
     np.testing.assert_array_equal(space.project(x[None])[0], x)  # a valid encoding
 
 
-def test_batched_lbfgsb_equals_independent_runs() -> None:
+@pytest.mark.parametrize("maxiter", [200, 2])
+def test_batched_lbfgsb_equals_independent_runs(maxiter: int) -> None:
     from scipy.optimize import minimize
 
     from optforge.search.bo.batched_lbfgsb import batched_lbfgsb
@@ -159,7 +160,7 @@ def test_batched_lbfgsb_equals_independent_runs() -> None:
         return (d**2).sum(1) + (d**4).sum(1), 2 * d + 4 * d**3
 
     x0 = rng.random((6, 3))
-    X, fx = batched_lbfgsb(f, x0, [(0.0, 1.0)] * 3)
+    X, fx = batched_lbfgsb(f, x0, [(0.0, 1.0)] * 3, maxiter=maxiter)
     for i in range(6):
         ref = minimize(
             lambda x, c=centres[i]: (
@@ -170,11 +171,13 @@ def test_batched_lbfgsb_equals_independent_runs() -> None:
             jac=True,
             method="L-BFGS-B",
             bounds=[(0.0, 1.0)] * 3,
+            options={"maxiter": maxiter},
         )
         np.testing.assert_array_equal(X[i], ref.x)  # the same run, bit for bit
         assert fx[i] == ref.fun
-    np.testing.assert_allclose(X, np.clip(centres, 0, 1), atol=1e-5)
     assert batch_sizes[0] == 6 and len(batch_sizes) < 6 * 10  # evaluations were batched
+    if maxiter == 200:
+        np.testing.assert_allclose(X, np.clip(centres, 0, 1), atol=1e-5)
 
 
 def test_batched_lbfgsb_propagates_errors() -> None:
@@ -199,26 +202,21 @@ def test_start_selection() -> None:
     assert len(_select_starts(vals, 10, np.random.default_rng(0), "roulette")) == 5
 
 
-def test_batched_lbfgsb_reuses_its_threads(monkeypatch) -> None:
+def test_batched_lbfgsb_starts_no_threads(monkeypatch) -> None:
     # Each suggestion started 10-30 OS threads, and on a busy machine "can't start new thread"
-    # crashed ask(); the runs now borrow threads from one process-wide pool.
+    # crashed ask(); then a pool of parked threads cost half the acquisition time in hand-offs.
+    # The runs are now driven by reverse communication in the caller's thread.
     import threading
 
-    from optforge.search.bo.batched_lbfgsb import MAX_RUNS, batched_lbfgsb
+    from optforge.search.bo.batched_lbfgsb import batched_lbfgsb
 
     def fg(X: np.ndarray, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return ((X - 0.3) ** 2).sum(1), 2.0 * (X - 0.3)
 
-    x0 = np.random.default_rng(0).random((12, 3))
-    batched_lbfgsb(fg, x0, [(0.0, 1.0)] * 3)  # warm-up: the pool starts its threads
     started = []
     original = threading.Thread.start
     monkeypatch.setattr(threading.Thread, "start", lambda t: (started.append(t), original(t)))
-    for _ in range(3):
-        X, f = batched_lbfgsb(fg, x0, [(0.0, 1.0)] * 3)
-        np.testing.assert_allclose(X, 0.3, atol=1e-4)
-    assert started == []
-    # More starting points than the pool has threads: polished in several batches.
-    many = np.random.default_rng(1).random((MAX_RUNS + 5, 3))
+    many = np.random.default_rng(1).random((40, 3))  # more runs than the old pool's 32
     X, f = batched_lbfgsb(fg, many, [(0.0, 1.0)] * 3)
     assert X.shape == many.shape and np.allclose(X, 0.3, atol=1e-4)
+    assert started == []

