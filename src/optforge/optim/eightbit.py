@@ -37,7 +37,7 @@ from optforge.kernels.quant import quantize_blockwise as _quantize
 from optforge.kernels.rule import write
 from optforge.optim.adamw import bias_corrections, step_groups
 from optforge.optim.base import CHECK_FINITE_DOC, FirstOrderOptimizer, StateSpec
-from optforge.optim.rules import apply_update, lion_direction
+from optforge.optim.rules import apply_update, exact_sqrt, lion_direction
 
 __all__ = [
     "AdamW8bit",
@@ -107,17 +107,9 @@ def _bnb_adamw(
     ``optim.rules.adam_direction`` (``(m/c1)/(√(v/c2) + ε)``) rounds differently from."""
     m = m * beta1 + g * (1 - beta1)
     v = v * beta2 + g * g * (1 - beta2)
-    denom = sqrt_rn(v) / bias_correction2**0.5 + eps
+    denom = exact_sqrt(v) / bias_correction2**0.5 + eps
     p = param * (1 - lr * weight_decay) - (lr / bias_correction1) * (m / denom)
     return p, m, v
-
-
-def sqrt_rn(x: Tensor) -> Tensor:
-    """Correctly rounded square root. ``torch.sqrt`` of fp32 on CPU goes through MKL's vector
-    sqrt, which is 1 ulp off on ~0.65% of inputs [measured, torch 2.13]; the fp64 root rounded
-    to fp32 is exact (53 >= 2*24 + 2 bits), as are the C kernel's ``sqrtf``, inductor's and
-    Triton's roots, so every backend rounds alike."""
-    return torch.sqrt(x.double()).float() if x.dtype == torch.float32 else torch.sqrt(x)
 
 
 def _lion8bit(
