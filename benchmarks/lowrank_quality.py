@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--lrs", default="2e-3,4e-3,8e-3,1.6e-2",
                         help="swept rates (GaLore/Fira: lr * scale)")
-    parser.add_argument("--final-seeds", default="0,1")
+    parser.add_argument("--final-seeds", default="0,1,2")
     parser.add_argument("--rank", type=int, default=16,
                         help="GaLore/Fira rank; FRUGAL density rank/d")
     parser.add_argument("--proj-gap", type=int, default=50, help="T of GaLore, Fira, FRUGAL")
