@@ -19,7 +19,8 @@ Method settings follow the papers' pretraining scripts (see ``docs/lowrank/*.md`
   fc2) at rank d/4 = 16 for d = 64 (GaLore's r/d_model is 1/4 at 350M and 1B, 1/2 at 60M;
   d/4 is also the issue's memory target), the official 'std' side, α = 0.25, update gap
   T = ``--proj-gap`` = 50: the scripts' argparse default, and 20 refreshes in 1,000 steps,
-  nearer the paper's 50 (T = 200 over 10K steps at 60M) than T = 200 (5 refreshes) would be.
+  nearer the paper's ~50 (T = 200 over ~10K steps at 60M) than T = 200 (5 refreshes) would be
+  (measured afterwards: T = 200 is slightly better here; see the docs page's ablation).
   Embeddings, head, norms and biases are plain AdamW at AdamW's best swept lr (they are not
   part of the low-rank method).
 - FRUGAL: density ρ = 0.25 (= 16 of 64) of each projected weight with Adam state, signSGD on
