@@ -31,7 +31,8 @@ def _status(key: str) -> int:
     raise KeyError(key)
 
 
-def child(model_name: str, mode: str, batch: int, seq: int, materialize: bool) -> dict:
+def child(model_name: str, mode: str, batch: int, seq: int, materialize: bool,
+          threads: int) -> dict:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -39,7 +40,7 @@ def child(model_name: str, mode: str, batch: int, seq: int, materialize: bool) -
     from zo_common import load_minilm, load_smollm2
 
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     _, model = load_minilm() if model_name == "minilm" else load_smollm2()
     if materialize:
         # transformers leaves safetensors weights memory-mapped copy-on-write: a forward pass
@@ -88,18 +89,35 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--child", choices=MODES)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per process (on an oversubscribed CPU, 2 ran ~10x "
+                         "slower than 1)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="modes measured at once (each in its own process: peaks independent)")
     ap.add_argument("--mmap", action="store_true",
                     help="keep the weights as loaded (memory-mapped), see child()")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.model, args.child, args.batch, args.seq, not args.mmap)))
+        print(json.dumps(child(args.model, args.child, args.batch, args.seq, not args.mmap,
+                               args.threads)))
         return
+    modes = args.modes.split(",")
+    if modes[0] != "forward" or not set(modes) <= set(MODES):
+        raise SystemExit(f"--modes: 'forward' first, then any of {MODES}")
+    procs = []
+    for mode in modes:
+        cmd = [sys.executable, __file__, "--model", args.model, "--child", mode, "--batch",
+               str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads),
+               *(["--mmap"] if args.mmap else [])]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+        if len(procs) >= args.jobs:
+            procs[-args.jobs].wait()
     rows = []
-    for mode in MODES:
-        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", mode,
-                              "--batch", str(args.batch), "--seq", str(args.seq),
-                              *(["--mmap"] if args.mmap else [])],
-                             check=True, capture_output=True, text=True).stdout
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"{proc.args} failed ({proc.returncode})")
         rows.append(json.loads(out.strip().splitlines()[-1]))
     fwd = rows[0]["peak_mib"]
     print(f"{args.model} ({rows[0]['params'] / 1e6:.1f}M params), batch {args.batch} x "

@@ -131,9 +131,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--memory", action="store_true",
                     help="also measure peak memory (MeZO, forward-only, backprop + AdamW)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (on an oversubscribed CPU, 2 ran ~10x slower than 1)")
     ap.add_argument("--out-dir", default=".")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -181,7 +183,8 @@ def main() -> None:
         del model, opt
         memory = subprocess.run(
             [sys.executable, str(Path(__file__).parent / "zo_memory.py"), "--model", "smollm2",
-             "--batch", str(args.batch), "--seq", str(args.seq)],
+             "--batch", str(args.batch), "--seq", str(args.seq), "--threads",
+             str(args.threads), "--jobs", "3", "--modes", "forward,mezo,adamw"],
             check=True, capture_output=True, text=True).stdout
         print(memory, flush=True)
         result["memory_table"] = memory
