@@ -6,15 +6,18 @@ prompt, "This tweet is negative." etc., has the most similar embedding); a linea
 head fitted on frozen features, full batch, AdamW). Like MeZO's prompt-based runs, every
 fine-tuning run starts from the zero-shot classifier: the head is initialized with the
 prompts' embeddings (rows scaled so the logits are cosine similarities / 0.05, the zero-shot
-prediction exactly), and what is trained is chosen per run:
+prediction exactly). What a run trains:
 
-* ``all``: every parameter (22.7M);
-* ``bitfit``: the head, every bias and every LayerNorm (40k parameters), a parameter-efficient
-  mode in the spirit of MeZO's LoRA / prefix runs (fewer perturbed dimensions, larger lr).
+* ``top``: the last ``--top-layers`` encoder layers and the head (1.8M parameters for one
+  layer). The layers below are frozen, so their output is computed once and reused (feature
+  reuse: a step runs only the trained layers, the same function as the whole model);
+* ``head``: the head only (1,155 parameters), on the pooled features computed once.
 
-The runs advance round-robin, one step each in turn, so their wall times are measured under
-the same machine load. Test accuracy is logged against forward passes (a backward counts as
-two) and training wall time (evaluation excluded).
+Runs of a kind advance round-robin, one step each in turn (head runs first, then the rest),
+so wall times within a group are measured under the same machine load. Test accuracy is
+logged against forward passes (a backward counts as two) and training wall time (evaluation
+excluded). Learning rates (``RUNS``): MeZO's full-model grid {1e-7 … 1e-5} is for 10^5 steps
+at batch 64; here lrs were picked from a few pilot runs (1e-2 diverged on ``top``).
 
     HF_HUB_OFFLINE=1 nice python benchmarks/zo_minilm_finetune.py --out-dir docs/zo
 
@@ -40,8 +43,9 @@ from zo_common import LABELS, encode, load_minilm, tweets  # noqa: E402
 PROMPTS = [f"This tweet is {name}." for name in LABELS]  # in label order
 #: run name -> (method, what is trained, default lr); see docs/zo/mezo.md for the lr choice.
 RUNS = {"mezo-head": ("mezo", "head", 1e-2), "zoadam-head": ("zoadam", "head", 1e-2),
-        "mezo": ("mezo", "top", 2e-3), "mezo-hi": ("mezo", "top", 1e-2),
-        "zoadam": ("zoadam", "top", 1e-3), "adamw": ("adamw", "top", 1e-4)}
+        "mezo": ("mezo", "top", 3e-4), "mezo-1e-3": ("mezo", "top", 1e-3),
+        "mezo-2e-3": ("mezo", "top", 2e-3), "zoadam": ("zoadam", "top", 1e-3),
+        "adamw": ("adamw", "top", 1e-4)}
 
 
 def additive_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -186,6 +190,7 @@ def plot(result: dict, path: Path) -> None:
         for i, (name, run) in enumerate(result["runs"].items()):
             log = run["log"]
             what = ("head only" if run.get("trained") == "head" else "top layer + head")
+            what += run.get("note", "")
             ax.plot([r[key] for r in log], [r["acc"] for r in log], "o-", ms=3, color=f"C{i}",
                     label=f"{name}: {what} ({run['params'] / 1e6:.2g}M), lr {run['lr']:g}")
         for value, style, label_ in ((base["linear_probe"], "--", "linear probe"),
@@ -262,9 +267,9 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lrs = overrides(args.lr, {name: lr for name, (_, _, lr) in RUNS.items()}, float, "--lr")
-    steps = overrides(args.steps, {"mezo-head": 3000, "zoadam-head": 3000, "mezo": 500,
-                                   "mezo-hi": 1000, "zoadam": 250, "adamw": 50}, int,
-                      "--steps")
+    steps = overrides(args.steps, {"mezo-head": 3000, "zoadam-head": 3000, "mezo": 6000,
+                                   "mezo-1e-3": 6000, "mezo-2e-3": 500, "zoadam": 250,
+                                   "adamw": 50}, int, "--steps")
     names = args.runs.split(",")
     for name in names:
         if name not in RUNS:
