@@ -25,9 +25,10 @@ def true_grad(x):
 
 def test_fixed_direction_central_is_exact_and_forward_adds_half_eps_zHz(monkeypatch) -> None:
     # Test 1: z = 1. Central difference on a quadratic = zᵀ∇f; forward adds (ε/2)zᵀHz.
-    import optforge.zo.estimators as est
+    import optforge.zo.directions as directions
 
-    monkeypatch.setattr(est, "draw", lambda like, *a, **k: torch.ones_like(like))
+    monkeypatch.setattr(directions, "_sample",
+                        lambda shape, like, *a: torch.ones(shape, dtype=like.dtype))
     x = torch.linspace(-1, 1, D, dtype=torch.float64)
     eps = 1e-2
     central = spsa(lambda: quadratic(x), [x], eps=eps)

@@ -6,7 +6,7 @@ the loss (no backward), and every random direction comes from a dedicated genera
 """
 
 from optforge.zo.deepzero import DeepZero, cge, cge_sequential, zo_grasp_keep_ratios
-from optforge.zo.directions import DISTRIBUTIONS, draw, sphere_scale
+from optforge.zo.directions import DISTRIBUTIONS, chunks, draw, sphere_scale
 from optforge.zo.estimators import ZORecord, forward_gradient, perturb_, replay, spsa
 from optforge.zo.mezo import MeZO, ZOAdam
 from optforge.zo.offload import ZO2Offload
@@ -20,6 +20,7 @@ __all__ = [
     "ZORecord",
     "cge",
     "cge_sequential",
+    "chunks",
     "draw",
     "forward_gradient",
     "perturb_",

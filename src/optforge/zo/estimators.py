@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from optforge.zo.directions import DISTRIBUTIONS, draw, sphere_scale
+from optforge.zo.directions import DISTRIBUTIONS, chunks, draw, flat, sphere_scale
 
 __all__ = ["FORMULAS", "ZORecord", "forward_gradient", "perturb_", "replay", "spsa"]
 
@@ -82,7 +82,8 @@ def perturb_(
     indices = range(len(params)) if indices is None else indices
     with torch.no_grad():
         for p, i in zip(params, indices):
-            p.add_(draw(p, dist, seed, step, direction, i, scale).to(p.dtype), alpha=alpha)
+            for s, z in chunks(p, dist, seed, step, direction, i, scale):
+                flat(p, s).add_(z.to(p.dtype), alpha=alpha)
 
 
 def _loss(closure: Callable[[], object]) -> float:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -62,7 +62,7 @@ from optforge._validation import (
 from optforge.kernels import apply_rule_
 from optforge.optim.base import StateSpec, ZerothOrderOptimizer
 from optforge.optim.rules import adam_direction, direction_rule, sgd_momentum_direction
-from optforge.zo.directions import DISTRIBUTIONS, draw, sphere_scale
+from optforge.zo.directions import DISTRIBUTIONS, chunks, draw, flat, sphere_scale
 from optforge.zo.estimators import FORMULAS, ZORecord
 
 __all__ = ["MeZO", "ZOAdam"]
@@ -246,17 +246,24 @@ class MeZO(ZerothOrderOptimizer):
            scale: float) -> Tensor:
         return draw(p, group["dist"], group["seed"], step, j, index, scale)
 
+    def _z_chunks(self, p: Tensor, group: dict[str, Any], index: int, step: int, j: int,
+                  scale: float) -> Iterator[tuple[slice, Tensor]]:
+        return chunks(p, group["dist"], group["seed"], step, j, index, scale)
+
     def _move(self, p: Tensor, group: dict[str, Any], index: int, step: int, j: int,
               scale: float, before: float, after: float) -> None:
         """Move ``p`` from ``master + before·εz_j`` to ``master + after·εz_j``."""
-        z = self._z(p, group, index, step, j, scale)
         master = self.state[p].get("master")
-        if master is None:
-            p.add_(z.to(p.dtype), alpha=(after - before) * group["eps"])
-        elif after == 0:
+        if master is not None and after == 0:
             p.copy_(master)
-        else:
-            p.copy_(master.add(z.to(master.dtype), alpha=after * group["eps"]))
+            return
+        # Piece by piece (directions.chunks): the temporary is one chunk of z, not a tensor.
+        for s, z in self._z_chunks(p, group, index, step, j, scale):
+            if master is None:
+                flat(p, s).add_(z.to(p.dtype), alpha=(after - before) * group["eps"])
+            else:
+                flat(p, s).copy_(flat(master, s).add(z.to(master.dtype),
+                                                     alpha=after * group["eps"]))
 
     def _estimate(self, p: Tensor, group: dict[str, Any], index: int, step: int,
                   coefficients: list[float], scales: list[float]) -> Tensor:
@@ -275,18 +282,18 @@ class MeZO(ZerothOrderOptimizer):
         state = self.state[p]
         target = state.get("master", p)
         if group["update"] != "adam" and "momentum_buffer" not in state:
-            # Stateless: θ(1 − ηλ) − (η/n)Σ_j c_j z_j in place, one direction at a time, so the
-            # only temporary is one z. Measured on MiniLM (benchmarks/zo_memory.py): peak RSS
-            # of a step 873 MiB through the rule (ĝ plus the rule's intermediates), 739 MiB in
-            # place, against 667 MiB for a forward pass.
+            # Stateless: θ(1 − ηλ) − (η/n)Σ_j c_j z_j in place, one direction and one chunk of
+            # it at a time, so the only temporary is a chunk of z. Measured on MiniLM
+            # (benchmarks/zo_memory.py, weights in memory): a step peaks 10 MiB above a forward
+            # pass; through the rule (ĝ plus the rule's intermediates) it was ~200 MiB above.
             n = len(coefficients)
             if group["weight_decay"]:
                 target.mul_(1 - group["lr"] * group["weight_decay"])
-            for j, (c, s) in enumerate(zip(coefficients, scales)):
+            for j, (c, scale) in enumerate(zip(coefficients, scales)):
                 if group["update"] == "sign":
                     c = math.copysign(1.0, c) if c else 0.0
-                z = self._z(p, group, index, step, j, s).to(target.dtype)
-                target.add_(z, alpha=-group["lr"] * c / n)
+                for s, z in self._z_chunks(p, group, index, step, j, scale):
+                    flat(target, s).add_(z.to(target.dtype), alpha=-group["lr"] * c / n)
             if target is not p:
                 p.copy_(target)
             return
