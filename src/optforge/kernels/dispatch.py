@@ -45,7 +45,7 @@ from optforge.kernels.compiled import (
     static_items,
 )
 from optforge.kernels.foreach import PACK, run_foreach
-from optforge.kernels.rule import Rule, loop
+from optforge.kernels.rule import Rule, loop, unscaled
 
 __all__ = [
     "AUTO_COMPILE_AFTER_S",
@@ -56,6 +56,7 @@ __all__ = [
     "check_backend",
     "register_kernel",
     "resolve_backend",
+    "unscaled",
 ]
 
 BACKENDS = ("auto", "loop", "foreach", "compiled")
@@ -113,7 +114,7 @@ def check_backend(backend: object) -> str:
 
 
 def _registered(rule: Rule, backend: str, device: torch.device, dtype: torch.dtype) -> bool:
-    reg = _KERNELS.get((id(rule), backend))
+    reg = _KERNELS.get((id(rule.base or rule), backend))
     return reg is not None and device.type in reg.devices and dtype in reg.dtypes
 
 
@@ -139,7 +140,7 @@ def resolve_backend(backend: str, rule: Rule, device: torch.device, dtype: torch
     """
     if backend == "auto":
         for (rid, name), _ in _KERNELS.items():
-            if rid == id(rule) and _registered(rule, name, device, dtype):
+            if rid == id(rule.base or rule) and _registered(rule, name, device, dtype):
                 return name
         if device.type == "cuda" and _compiler_works(device):
             return "compiled"
@@ -220,6 +221,14 @@ def _run(
         run_foreach(rule, lists, hyper)
     elif chosen == "compiled":
         run_compiled(rule, lists, hyper)
+    elif rule.base is not None:
+        # An ``unscaled`` rule on a registered kernel (Triton): the kernels take no scale, so
+        # the gradients are unscaled out of place first (one extra pass, this path only).
+        hyper = dict(hyper)
+        inv = hyper.pop("inv_grad_scale")
+        lists = list(lists)
+        lists[rule.grad_list] = torch._foreach_mul(list(lists[rule.grad_list]), inv)
+        _KERNELS[(id(rule.base), chosen)].fn(rule.base, lists, hyper)
     else:
         _KERNELS[(id(rule), chosen)].fn(rule, lists, hyper)
 
