@@ -86,6 +86,7 @@ class _Registration:
     fn: Kernel
     devices: frozenset[str]
     dtypes: frozenset[torch.dtype]
+    unscales: bool
 
 
 _KERNELS: dict[tuple[int, str], _Registration] = {}
@@ -98,10 +99,18 @@ def register_kernel(
     *,
     devices: Sequence[str],
     dtypes: Sequence[torch.dtype],
+    unscales: bool = False,
 ) -> None:
     """Serve ``rule`` on ``backend`` with ``fn(rule, tensor_lists, hyper)`` for these devices
-    (``"cuda"``, ``"cpu"``) and parameter dtypes. Tests compare it with the loop reference."""
-    _KERNELS[(id(rule), backend)] = _Registration(fn, frozenset(devices), frozenset(dtypes))
+    (``"cuda"``, ``"cpu"``) and parameter dtypes. Tests compare it with the loop reference.
+
+    ``unscales``: ``fn`` also serves ``unscaled(rule, ...)`` (a GradScaler step): it multiplies
+    the gradient by ``hyper["inv_grad_scale"]`` where it reads it (absent: 1), and gets the
+    wrapped rule for any entries it leaves to the loop. Kernels without it get gradients
+    unscaled out of place first."""
+    _KERNELS[(id(rule), backend)] = _Registration(
+        fn, frozenset(devices), frozenset(dtypes), unscales
+    )
 
 
 def check_backend(backend: object) -> str:
@@ -221,9 +230,11 @@ def _run(
         run_foreach(rule, lists, hyper)
     elif chosen == "compiled":
         run_compiled(rule, lists, hyper)
+    elif rule.base is not None and _KERNELS[(id(rule.base), chosen)].unscales:
+        _KERNELS[(id(rule.base), chosen)].fn(rule, lists, hyper)
     elif rule.base is not None:
-        # An ``unscaled`` rule on a registered kernel (Triton): the kernels take no scale, so
-        # the gradients are unscaled out of place first (one extra pass, this path only).
+        # An ``unscaled`` rule on a kernel that takes no scale: the gradients are unscaled out
+        # of place first (one extra pass, this path only).
         hyper = dict(hyper)
         inv = hyper.pop("inv_grad_scale")
         lists = list(lists)
