@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from optforge.kernels import apply_rule_, unscaled
+from optforge.lowrank import GaLoreAdamW
 from optforge.optim import LAMB, LARS, AdamW, AdamW8bit, Lion, Lion8bit
 from optforge.optim.adamw import adamw_rule
 from optforge.optim.base import FirstOrderOptimizer
@@ -31,6 +32,7 @@ OPTIMIZERS = {
     "Lion8bit": (Lion8bit, dict(lr=1e-3, weight_decay=0.1)),
     "LARS": (LARS, dict(lr=1e-2, momentum=0.9, weight_decay=1e-3)),
     "LAMB": (LAMB, dict(lr=1e-2, weight_decay=0.01)),  # unscaled in place first (see base)
+    "GaLoreAdamW": (GaLoreAdamW, dict(lr=1e-2, rank=8, update_proj_gap=3)),  # in place too
 }
 # backends per class that run on CPU without compiling ("auto" on CPU: the C loop for 8-bit)
 FAST_BACKENDS = {
@@ -40,6 +42,7 @@ FAST_BACKENDS = {
     "Lion8bit": ("loop", "auto"),
     "LARS": ("loop", "auto"),
     "LAMB": ("loop", "auto"),
+    "GaLoreAdamW": ("auto",),
 }
 CASES = [(name, b) for name, backends in FAST_BACKENDS.items() for b in backends]
 
@@ -66,6 +69,8 @@ def _inject(params: list[torch.nn.Parameter], step: int) -> None:
 
 def _make(name: str, params, backend: str):
     cls, kw = OPTIMIZERS[name]
+    if name == "GaLoreAdamW":  # its own inner loop, no backend choice
+        return cls(params, **kw)
     return cls(params, backend=backend, **kw)
 
 
