@@ -426,7 +426,10 @@ class FirstOrderOptimizer(OptimizerBase):
             torch.as_tensor(0.0 if found_inf is None else found_inf),
             torch.as_tensor(1.0 if grad_scale is None else grad_scale),
         ]
-        found, scale = torch.stack([v.double().reshape(()).cpu() for v in values]).tolist()
+        device = values[0].device if found_inf is not None else values[1].device
+        # both on the scaler's device: stacked there, so one copy (one sync on CUDA)
+        stacked = torch.stack([v.to(device).double().reshape(()) for v in values])
+        found, scale = stacked.tolist()
         if found != 0:
             return False, None
         if grad_scale is None or scale == 1.0:
