@@ -252,3 +252,44 @@ def test_scaler_loop_compiled(name: str) -> None:
     params, opt, _ = _scaler_run(name, "compiled")
     ref_params, ref_opt = _reference_run(name, "compiled")
     _assert_same(params, opt, ref_params, ref_opt)
+
+
+def test_autocast_bf16_model_with_master_weights() -> None:
+    """A bf16 model under ``torch.autocast`` with ``AdamW(master_weights=True)``: the scaler
+    loop equals the manual one (bf16 parameters, fp32 masters and moments)."""
+
+    def run(use_scaler: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(),
+                                    torch.nn.Linear(32, 4)).bfloat16()
+        opt = AdamW(model.parameters(), lr=1e-2, master_weights=True)
+        scaler, scale = torch.amp.GradScaler("cpu"), 65536.0
+        gen = torch.Generator().manual_seed(1)
+        for step in range(6):
+            x = torch.randn(8, 16, generator=gen)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(x).float().pow(2).mean()
+            if use_scaler:
+                scaler.scale(loss).backward()
+            else:
+                (loss * torch.tensor(scale)).backward()
+            if step == 3:
+                model[0].weight.grad[0, 0] = float("nan")
+            if use_scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                inv = torch.tensor(scale, dtype=torch.float64).reciprocal().float()
+                grads = [p.grad for p in model.parameters()]
+                torch._foreach_mul_(grads, inv)
+                if all(bool(g.isfinite().all()) for g in grads):
+                    opt.step()
+                else:
+                    scale *= 0.5
+            opt.zero_grad()
+        return list(model.parameters()), opt
+
+    params, opt = run(True)
+    ref_params, ref_opt = run(False)
+    _assert_same(params, opt, ref_params, ref_opt)
+    assert float(opt.state[params[0]]["step"]) == 5
