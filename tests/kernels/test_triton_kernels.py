@@ -353,3 +353,41 @@ def test_optimizer_master_weights_run_in_one_launch_and_match_the_loop() -> None
         assert master.dtype == torch.float32
         torch.testing.assert_close(master, opt_ref.state[a]["master"], rtol=1.3e-6, atol=1e-6)
         assert torch.equal(b.detach(), master.bfloat16())
+
+
+@pytest.mark.parametrize("name", ["adamw", "lion"])
+@pytest.mark.parametrize("inv", [2.0**-12, 1 / 3000])  # GradScaler's power of two, and not
+def test_the_kernel_unscales_where_it_reads_the_gradient(name: str, inv: float) -> None:
+    """``unscaled(rule)`` on the kernel (``inv_grad_scale`` read in the kernel, no extra pass)
+    equals the kernel on gradients unscaled first, bit for bit on fp32."""
+    from optforge.kernels import unscaled
+
+    rule, n_lists, positive, hyper_at = CASES[name]
+    lists = _tensors(n_lists, positive=positive)
+    inv = float(torch.tensor(inv, dtype=torch.float32))  # as the optimizer passes it
+    ref = _clone(lists)
+    ref[-1] = [g * inv for g in ref[-1]]
+    before = LAUNCHES.get(name, 0)
+    apply_rule_(unscaled(rule, n_lists - 1), lists, {**hyper_at(3), "inv_grad_scale": inv},
+                backend="triton")
+    assert LAUNCHES[name] - before == 1  # one launch, no separate unscale
+    apply_rule_(rule, ref, hyper_at(3), backend="triton")
+    for a, b in zip(lists[: rule.n_out], ref[: rule.n_out]):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Lion", "AdamW8bit", "Lion8bit"])
+def test_grad_scaler_loop_on_the_kernels(name: str) -> None:
+    """A GradScaler loop with inf steps on the Triton kernels (``auto`` picks them): equal to
+    unscaling and skipping by hand on the same kernels; an inf step launches nothing."""
+    from tests.optim.test_grad_scaler import _assert_same, _reference_run, _scaler_run
+
+    kernel = {"AdamW": "adamw", "Lion": "lion", "AdamW8bit": "adamw8bit",
+              "Lion8bit": "lion8bit"}[name]  # fmt: skip
+    before = LAUNCHES.get(kernel, 0)
+    params, opt, _ = _scaler_run(name, "auto")
+    launched = LAUNCHES.get(kernel, 0) - before
+    ref_params, ref_opt = _reference_run(name, "auto")
+    _assert_same(params, opt, ref_params, ref_opt)
+    assert launched == LAUNCHES.get(kernel, 0) - before - launched > 0  # skipped steps: none

@@ -15,6 +15,7 @@ from optforge.kernels.dispatch import (
     check_backend,
     register_kernel,
     resolve_backend,
+    unscaled,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "check_backend",
     "register_kernel",
     "resolve_backend",
+    "unscaled",
 ]

@@ -45,7 +45,7 @@ from optforge.kernels.compiled import (
     static_items,
 )
 from optforge.kernels.foreach import PACK, run_foreach
-from optforge.kernels.rule import Rule, loop
+from optforge.kernels.rule import Rule, loop, unscaled
 
 __all__ = [
     "AUTO_COMPILE_AFTER_S",
@@ -56,6 +56,7 @@ __all__ = [
     "check_backend",
     "register_kernel",
     "resolve_backend",
+    "unscaled",
 ]
 
 BACKENDS = ("auto", "loop", "foreach", "compiled")
@@ -85,6 +86,7 @@ class _Registration:
     fn: Kernel
     devices: frozenset[str]
     dtypes: frozenset[torch.dtype]
+    unscales: bool
 
 
 _KERNELS: dict[tuple[int, str], _Registration] = {}
@@ -97,10 +99,18 @@ def register_kernel(
     *,
     devices: Sequence[str],
     dtypes: Sequence[torch.dtype],
+    unscales: bool = False,
 ) -> None:
     """Serve ``rule`` on ``backend`` with ``fn(rule, tensor_lists, hyper)`` for these devices
-    (``"cuda"``, ``"cpu"``) and parameter dtypes. Tests compare it with the loop reference."""
-    _KERNELS[(id(rule), backend)] = _Registration(fn, frozenset(devices), frozenset(dtypes))
+    (``"cuda"``, ``"cpu"``) and parameter dtypes. Tests compare it with the loop reference.
+
+    ``unscales``: ``fn`` also serves ``unscaled(rule, ...)`` (a GradScaler step): it multiplies
+    the gradient by ``hyper["inv_grad_scale"]`` where it reads it (absent: 1), and gets the
+    wrapped rule for any entries it leaves to the loop. Kernels without it get gradients
+    unscaled out of place first."""
+    _KERNELS[(id(rule), backend)] = _Registration(
+        fn, frozenset(devices), frozenset(dtypes), unscales
+    )
 
 
 def check_backend(backend: object) -> str:
@@ -113,7 +123,7 @@ def check_backend(backend: object) -> str:
 
 
 def _registered(rule: Rule, backend: str, device: torch.device, dtype: torch.dtype) -> bool:
-    reg = _KERNELS.get((id(rule), backend))
+    reg = _KERNELS.get((id(rule.base or rule), backend))
     return reg is not None and device.type in reg.devices and dtype in reg.dtypes
 
 
@@ -139,7 +149,7 @@ def resolve_backend(backend: str, rule: Rule, device: torch.device, dtype: torch
     """
     if backend == "auto":
         for (rid, name), _ in _KERNELS.items():
-            if rid == id(rule) and _registered(rule, name, device, dtype):
+            if rid == id(rule.base or rule) and _registered(rule, name, device, dtype):
                 return name
         if device.type == "cuda" and _compiler_works(device):
             return "compiled"
@@ -220,6 +230,16 @@ def _run(
         run_foreach(rule, lists, hyper)
     elif chosen == "compiled":
         run_compiled(rule, lists, hyper)
+    elif rule.base is not None and _KERNELS[(id(rule.base), chosen)].unscales:
+        _KERNELS[(id(rule.base), chosen)].fn(rule, lists, hyper)
+    elif rule.base is not None:
+        # An ``unscaled`` rule on a kernel that takes no scale: the gradients are unscaled out
+        # of place first (one extra pass, this path only).
+        hyper = dict(hyper)
+        inv = hyper.pop("inv_grad_scale")
+        lists = list(lists)
+        lists[rule.grad_list] = torch._foreach_mul(list(lists[rule.grad_list]), inv)
+        _KERNELS[(id(rule.base), chosen)].fn(rule.base, lists, hyper)
     else:
         _KERNELS[(id(rule), chosen)].fn(rule, lists, hyper)
 

@@ -106,7 +106,7 @@ INLINE void adamw_block(void* restrict p, const void* restrict g, uint8_t* restr
     const float ma_k = *ma, va_k = *va;
     float m[QBLOCK], v[QBLOCK];
     for (int64_t i = 0; i < n; i++) {
-        float gi = load(g, start + i, g_bf16) * gsign; /* exact: gsign is +-1 */
+        float gi = load(g, start + i, g_bf16) * gsign; /* g·(±s) = ±(g·s) exactly */
         float mi = code1[mc[i]] * ma_k;
         float vi = code2[vc[i]] * va_k;
         mi = mi * beta1 + gi * omb1;
@@ -151,9 +151,9 @@ INLINE void lion_block(void* restrict p, const void* restrict g, uint8_t* restri
 
 /* The blocks of every tensor, shared out over the threads: tensor t, its block k, holding
  * elements [start, start + n). */
-#define FOR_EACH_BLOCK(BODY)                                                                 \
+#define FOR_EACH_BLOCK(BODY, GSCALE)                                                         \
     const int64_t nblocks = first[ntensors];                                                 \
-    const float gsign = maximize ? -1.0f : 1.0f;                                             \
+    const float gsign = maximize ? -(GSCALE) : (GSCALE);                                     \
     _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                       \
     for (int64_t b = 0; b < nblocks; b++) {                                                  \
         int64_t t = find_tensor(first, ntensors, b);                                         \
@@ -172,7 +172,8 @@ INLINE void lion_block(void* restrict p, const void* restrict g, uint8_t* restri
                (float*)ma_ptr[t] + k, start, n, gsign, code1, table1, hyper, P, G)
 
 /* hyper: beta1, 1-beta1, beta2, 1-beta2, sqrt(1-beta2^t), eps, 1-lr*wd, lr/(1-beta1^t),
- * each rounded to fp32 as torch rounds a Python scalar for an fp32 tensor. */
+ * each rounded to fp32 as torch rounds a Python scalar for an fp32 tensor, then the
+ * gradient's factor: GradScaler's inverse scale (1 unscaled; g * ±s is exactly ±(g * s)). */
 void adamw8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
                const int64_t* p_ptr, const int64_t* g_ptr, const int64_t* m_ptr,
                const int64_t* ma_ptr, const int64_t* v_ptr, const int64_t* va_ptr,
@@ -180,16 +181,16 @@ void adamw8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
                const float* code1, const int32_t* table1,
                const float* code2, const int32_t* table2,
                const float* hyper, int nthreads) {
-    FOR_EACH_BLOCK(DISPATCH(ADAMW))
+    FOR_EACH_BLOCK(DISPATCH(ADAMW), hyper[8])
 }
 
-/* hyper: beta1, 1-beta1, beta2, 1-beta2, 1-lr*wd, lr. */
+/* hyper: beta1, 1-beta1, beta2, 1-beta2, 1-lr*wd, lr, the gradient's factor. */
 void lion8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
               const int64_t* p_ptr, const int64_t* g_ptr, const int64_t* m_ptr,
               const int64_t* ma_ptr, int p_bf16, int g_bf16, int maximize,
               const float* code1, const int32_t* table1,
               const float* hyper, int nthreads) {
-    FOR_EACH_BLOCK(DISPATCH(LION))
+    FOR_EACH_BLOCK(DISPATCH(LION), hyper[6])
 }
 
 /* Blockwise codes and absmax of x[0..n) (quant.quantize_blockwise's result, faster). */

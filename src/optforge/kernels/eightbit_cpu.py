@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import subprocess
@@ -222,6 +223,7 @@ def _hyper(name: str, hyper: Mapping[str, Any]) -> Tensor:
         values = [b1, 1 - b1, b2, 1 - b2, bc2**0.5, float(hyper["eps"]), 1 - lr * wd, lr / bc1]
     else:
         values = [b1, 1 - b1, b2, 1 - b2, 1 - lr * wd, lr]
+    values.append(float(hyper.get("inv_grad_scale", 1.0)))  # an unscaled rule's factor
     return torch.tensor([_f32(v) for v in values], dtype=torch.float32)
 
 
@@ -234,8 +236,12 @@ def run(rule_name: str, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, A
         return list(range(len(lists[0])))
     groups: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
     rest = []
+    # The eager rule rounds a bf16 gradient's unscaled value to bf16, the C loop keeps it in
+    # fp32: equal for a power-of-two scale (GradScaler's, unless told otherwise) only.
+    inv = float(hyper.get("inv_grad_scale", 1.0))
+    exact_bf16 = math.frexp(inv)[0] == 0.5
     for i, tensors in enumerate(zip(*lists)):
-        if _serves(tensors):
+        if _serves(tensors) and (exact_bf16 or tensors[-1].dtype != torch.bfloat16):
             groups.setdefault((tensors[0].dtype, tensors[-1].dtype), []).append(i)
         else:
             rest.append(i)

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["Rule", "loop", "write"]
+__all__ = ["Rule", "loop", "unscaled", "write"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,6 +28,8 @@ class Rule:
             the same in eager ATen and inductor's C++: +, -, ×, ÷, sign, ``exact_sqrt``; no
             reductions). Shown by tests; lets ``auto`` switch to compiled graphs mid-run on
             CPU without changing a result.
+        base, grad_list: set by ``unscaled`` only: the rule this one wraps, and the position
+            of the gradient among its tensors.
     """
 
     fn: Callable[..., tuple[Tensor, ...]]
@@ -35,6 +37,8 @@ class Rule:
     elementwise: bool = True
     name: str = field(default="")
     exact: bool = False
+    base: Rule | None = None
+    grad_list: int = -1
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -45,6 +49,32 @@ class Rule:
 
     def __repr__(self) -> str:
         return f"Rule({self.name})"
+
+
+_UNSCALED: dict[tuple[Rule, int], Rule] = {}
+
+
+def unscaled(rule: Rule, grad_list: int) -> Rule:
+    """``rule`` reading its gradient (tensor ``grad_list``) times the hyperparameter
+    ``inv_grad_scale``: the unscale of a ``torch.amp.GradScaler`` step done where the rule
+    reads the gradient (inside the compiled graph, the tile of foreach), not as a pass of its
+    own. ``grad * inv_grad_scale`` in the gradient's dtype is what ``GradScaler.unscale_``
+    computes, so the result equals unscaling first. One wrapper per (rule, position), so
+    compiled graphs are cached as for the rule itself."""
+    key = (rule, grad_list)
+    wrapped = _UNSCALED.get(key)
+    if wrapped is None:
+
+        def fn(*tensors: Tensor, inv_grad_scale: Any, **hyper: Any) -> tuple[Tensor, ...]:
+            grad = tensors[grad_list] * inv_grad_scale
+            return rule.fn(*tensors[:grad_list], grad, *tensors[grad_list + 1 :], **hyper)
+
+        fn.__name__ = f"{rule.name}_unscaled"
+        wrapped = _UNSCALED[key] = Rule(
+            fn, rule.n_out, rule.elementwise, fn.__name__, rule.exact, base=rule,
+            grad_list=grad_list,
+        )
+    return wrapped
 
 
 def write(outs: Sequence[Tensor], values: Sequence[Tensor]) -> None:

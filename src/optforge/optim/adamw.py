@@ -106,6 +106,7 @@ class AdamW(FirstOrderOptimizer):
         "exp_avg": StateSpec(dtype="at_least_fp32"),
         "exp_avg_sq": StateSpec(dtype="at_least_fp32"),
     }
+    _unscales_in_update = True
     rules = (adamw_rule, adamw_master_rule)
 
     def __init__(

@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optforge._seeding import generator_for
-from optforge.kernels import Rule, all_finite, apply_rule_, check_backend
+from optforge.kernels import Rule, all_finite, apply_rule_, check_backend, unscaled
 from optforge.optim.rules import random_rounding_bits
 
 __all__ = [
@@ -51,7 +51,9 @@ __all__ = [
 CHECK_FINITE_DOC = """check_finite: before touching any parameter or state, check that every
             gradient is finite and raise ``FloatingPointError`` otherwise (default True). Off,
             non-finite values flow into parameters and state as in torch.optim (one less pass
-            over the gradients, and no host sync on CUDA)."""
+            over the gradients, and no host sync on CUDA). Under ``torch.amp.GradScaler`` the
+            scaler's own check decides instead: a step with non-finite gradients is skipped,
+            not raised (see ``FirstOrderOptimizer``)."""
 
 _HOOKS = (
     "_optimizer_step_pre_hooks",
@@ -325,7 +327,35 @@ class FirstOrderOptimizer(OptimizerBase):
 
     Subclasses implement ``_update_group(group, params, grads)``; ``_before_update(grads)``
     runs once per step with every gradient (e.g. global clipping).
+
+    **torch.amp.GradScaler.** Like torch's fused Adam, these optimizers declare
+    ``_step_supports_amp_scaling``: ``GradScaler.step`` then sets ``grad_scale`` (its scale, or
+    None after ``scaler.unscale_(opt)``) and ``found_inf`` on the optimizer and calls ``step()``
+    with the gradients still scaled. The skeleton reads both in one host read (free on CPU;
+    one sync on CUDA, as torch's non-fused path) and
+
+    * skips the whole step when ``found_inf`` is non-zero: no parameter, state or step counter
+      is written (``check_finite`` does not raise: the scaler expects such steps and lowers
+      its scale);
+    * otherwise unscales where the rule reads the gradient (``kernels.unscaled``: inside the
+      compiled graph, the foreach tile, the C 8-bit loop) for classes whose every gradient
+      read goes through ``_apply``/``_unscaled`` (``_unscales_in_update``); the others get the
+      gradients unscaled in place first, as ``GradScaler.unscale_`` would do.
+
+    A subclass that overrides ``step`` does not declare the support (it would get scaled
+    gradients it does not expect), unless it sets ``_step_supports_amp_scaling`` itself.
     """
+
+    _step_supports_amp_scaling: ClassVar[bool] = True
+    #: True where every gradient read goes through ``_apply`` or ``_unscaled``.
+    _unscales_in_update: ClassVar[bool] = False
+    #: the inverse scale of the step in progress (None: gradients are not scaled).
+    _inv_grad_scale: float | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__ and "_step_supports_amp_scaling" not in cls.__dict__:
+            cls._step_supports_amp_scaling = False
 
     def __init__(
         self,
@@ -359,6 +389,7 @@ class FirstOrderOptimizer(OptimizerBase):
         """
         backend = self._backend(group)
         params = lists[0]
+        rule, hyper = self._unscaled(rule, len(lists) - 1, hyper)
         rounded = [i for i, p in enumerate(params) if _rounds(p, group)]
         if not rounded:
             apply_rule_(rule, lists, hyper, backend=backend)
@@ -375,6 +406,37 @@ class FirstOrderOptimizer(OptimizerBase):
         chosen = [[lst[i] for i in rounded] for lst in lists]
         apply_rule_(rule, [*chosen, bits], hyper, backend=backend)
 
+    def _unscaled(
+        self, rule: Rule, grad_list: int, hyper: dict[str, Any]
+    ) -> tuple[Rule, dict[str, Any]]:
+        """``rule`` and ``hyper`` for the step in progress: under a GradScaler scale, the rule
+        that reads tensor ``grad_list`` (the gradient) unscaled; otherwise both unchanged."""
+        if self._inv_grad_scale is None:
+            return rule, hyper
+        return unscaled(rule, grad_list), {**hyper, "inv_grad_scale": self._inv_grad_scale}
+
+    def _amp_step(self) -> tuple[bool, float | None]:
+        """(whether GradScaler asks for this step, the inverse scale or None) from the
+        ``found_inf``/``grad_scale`` attributes ``GradScaler.step`` sets; one host read."""
+        found_inf = getattr(self, "found_inf", None)
+        grad_scale = getattr(self, "grad_scale", None)
+        if found_inf is None and grad_scale is None:
+            return True, None
+        values = [
+            torch.as_tensor(0.0 if found_inf is None else found_inf),
+            torch.as_tensor(1.0 if grad_scale is None else grad_scale),
+        ]
+        device = values[0].device if found_inf is not None else values[1].device
+        # both on the scaler's device: stacked there, so one copy (one sync on CUDA)
+        stacked = torch.stack([v.to(device).double().reshape(()) for v in values])
+        found, scale = stacked.tolist()
+        if found != 0:
+            return False, None
+        if grad_scale is None or scale == 1.0:
+            return True, None
+        # GradScaler.unscale_'s inverse: the reciprocal in double, rounded to fp32.
+        return True, float(torch.tensor(scale, dtype=torch.float64).reciprocal().float())
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -382,15 +444,28 @@ class FirstOrderOptimizer(OptimizerBase):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        run, inv_scale = self._amp_step()
+        if not run:
+            return loss  # GradScaler found inf/NaN: nothing is written, the step not counted
         gathered = [self._gather(group) for group in self.param_groups]
-        self._raise_if_nonfinite(gathered)
-        self._before_update([g for _, grads in gathered for g in grads])
-        for group, (params, grads) in zip(self.param_groups, gathered):
-            for p in params:
-                if not self.state[p]:
-                    self._init_state(p, self.state[p], group)
-            if params:
-                self._update_group(group, params, grads)
+        if getattr(self, "found_inf", None) is None:  # under GradScaler its check decides
+            self._raise_if_nonfinite(gathered)
+        if inv_scale is not None and not self._unscales_in_update:
+            for _, grads in gathered:
+                if grads:
+                    torch._foreach_mul_(grads, inv_scale)
+            inv_scale = None
+        self._inv_grad_scale = inv_scale
+        try:
+            self._before_update([g for _, grads in gathered for g in grads])
+            for group, (params, grads) in zip(self.param_groups, gathered):
+                for p in params:
+                    if not self.state[p]:
+                        self._init_state(p, self.state[p], group)
+                if params:
+                    self._update_group(group, params, grads)
+        finally:
+            self._inv_grad_scale = None
         return loss
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:

@@ -234,7 +234,7 @@ def run_8bit(
             apply_rule_(rule, lists, hyper, backend=chosen)
             return
         if first.device.type == "cpu":  # the fused C loop, bit-identical to the eager rule
-            rest = eightbit_cpu.run(rule.name, lists, hyper)
+            rest = eightbit_cpu.run((rule.base or rule).name, lists, hyper)
             if not rest:
                 return
             lists = [[lst[i] for i in rest] for lst in lists]
@@ -285,6 +285,7 @@ class _EightBit(FirstOrderOptimizer):
     """Shared parts: the 8-bit/32-bit state split, backends, complex refusal."""
 
     _moments: tuple[tuple[str, bool], ...] = ()  # (state name, signed map)
+    _unscales_in_update = True
 
     def state_schema(self, param: Tensor, group: dict[str, Any]) -> Mapping[str, StateSpec]:
         schema: dict[str, StateSpec] = {}
@@ -424,7 +425,8 @@ class AdamW8bit(_EightBit):
                     [s["exp_avg_sq_absmax"] for s in st],
                     [grads[i] for i in q],
                 )
-                run_8bit(adamw8bit_rule, lists, hyper, backend)
+                rule, h = self._unscaled(adamw8bit_rule, len(lists) - 1, hyper)
+                run_8bit(rule, lists, h, backend)
             if f:
                 ps = [params[i] for i in f]
                 lists = (
@@ -433,7 +435,8 @@ class AdamW8bit(_EightBit):
                     [self.state[p]["exp_avg_sq"] for p in ps],
                     [grads[i] for i in f],
                 )
-                apply_rule_(adamw32_rule, lists, hyper, backend=backend)
+                rule, h = self._unscaled(adamw32_rule, len(lists) - 1, hyper)
+                apply_rule_(rule, lists, h, backend=backend)
 
 
 class Lion8bit(_EightBit):
@@ -506,8 +509,10 @@ class Lion8bit(_EightBit):
                 [self.state[p]["exp_avg_absmax"] for p in ps],
                 [grads[i] for i in quantized],
             )
-            run_8bit(lion8bit_rule, lists, hyper, backend)
+            rule, h = self._unscaled(lion8bit_rule, len(lists) - 1, hyper)
+            run_8bit(rule, lists, h, backend)
         if full:
             ps = [params[i] for i in full]
             lists = (ps, [self.state[p]["exp_avg"] for p in ps], [grads[i] for i in full])
-            apply_rule_(lion32_rule, lists, hyper, backend=backend)
+            rule, h = self._unscaled(lion32_rule, len(lists) - 1, hyper)
+            apply_rule_(rule, lists, h, backend=backend)

@@ -85,6 +85,7 @@ class LARS(FirstOrderOptimizer):
     """
 
     state_spec = {"momentum_buffer": StateSpec()}
+    _unscales_in_update = True
     rules = (lars_rule,)
 
     def __init__(
@@ -135,4 +136,5 @@ class LARS(FirstOrderOptimizer):
             maximize=group["maximize"],
         )
         bufs = [self.state[p]["momentum_buffer"] for p in params]
-        apply_rule_(lars_rule, (params, bufs, grads), hyper, backend=self._backend(group))
+        rule, hyper = self._unscaled(lars_rule, 2, hyper)
+        apply_rule_(rule, (params, bufs, grads), hyper, backend=self._backend(group))

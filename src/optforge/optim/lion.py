@@ -60,6 +60,7 @@ class Lion(FirstOrderOptimizer):
     """
 
     state_spec = {"exp_avg": StateSpec()}
+    _unscales_in_update = True
     rules = (lion_rule,)
 
     def __init__(

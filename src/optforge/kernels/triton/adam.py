@@ -42,7 +42,7 @@ __all__ = ["adam_inner_", "adamw_", "adamw_master_", "register"]
 def _adamw_kernel(
     p_base, m_base, v_base, g_base, w_base,
     offsets, sizes, block_tensor, block_start, found_inf, n_tensors,
-    lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, bc1, bc2, seed,
+    lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, bc1, bc2, seed, g_scale,
     P_KIND: tl.constexpr, HAS_MASTER: tl.constexpr, STOCHASTIC: tl.constexpr,
     CHECK_INF: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -51,7 +51,7 @@ def _adamw_kernel(
     m_ptr = m_base + tl.load(offsets + n_tensors + t) + offs
     v_ptr = v_base + tl.load(offsets + 2 * n_tensors + t) + offs
     g_ptr = g_base + tl.load(offsets + 3 * n_tensors + t) + offs
-    g = tl.load(g_ptr, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr, mask=mask, other=0.0).to(tl.float32) * g_scale  # GradScaler's 1/scale
     if MAXIMIZE:
         g = -g
     m = tl.load(m_ptr, mask=mask, other=0.0).to(tl.float32)
@@ -100,6 +100,7 @@ def adamw_(
         table.offsets, table.sizes, table.block_tensor, table.block_start, flag, len(params),
         lr, beta1, 1 - beta1, beta2, 1 - beta2, float(hyper["eps"]), 1 - lr * wd,
         float(hyper["bias_correction1"]), float(hyper["bias_correction2"]), seed,
+        float(hyper.get("inv_grad_scale", 1.0)),
         P_KIND=out_kind(params[0].dtype), HAS_MASTER=master is not None,
         STOCHASTIC=stochastic_rounding, CHECK_INF=found_inf is not None,
         MAXIMIZE=bool(hyper.get("maximize", False)), BLOCK=BLOCK,
@@ -155,7 +156,8 @@ def adamw_master_(lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -
 
 
 def register(devices: tuple[str, ...], dtypes: Sequence[torch.dtype]) -> None:
-    register_kernel(adamw_rule, "triton", serve(adamw_), devices=devices, dtypes=dtypes)
+    register_kernel(adamw_rule, "triton", serve(adamw_), devices=devices, dtypes=dtypes,
+                    unscales=True)
     register_kernel(adamw_master_rule, "triton", serve(adamw_master_), devices=devices,
-                    dtypes=dtypes)  # fmt: skip
+                    dtypes=dtypes, unscales=True)  # fmt: skip
     register_kernel(adam_inner_rule, "triton", serve(adam_inner_), devices=devices, dtypes=dtypes)

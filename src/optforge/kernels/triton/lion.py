@@ -37,7 +37,7 @@ __all__ = ["lion_", "register"]
 def _lion_kernel(
     p_base, m_base, g_base,
     offsets, sizes, block_tensor, block_start, found_inf, n_tensors,
-    lr, beta1, one_minus_beta1, beta2, one_minus_beta2, decay, seed,
+    lr, beta1, one_minus_beta1, beta2, one_minus_beta2, decay, seed, g_scale,
     P_KIND: tl.constexpr, M_KIND: tl.constexpr, STOCHASTIC: tl.constexpr,
     CHECK_INF: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -45,7 +45,7 @@ def _lion_kernel(
     p_ptr = p_base + tl.load(offsets + t) + offs
     m_ptr = m_base + tl.load(offsets + n_tensors + t) + offs
     g = tl.load(g_base + tl.load(offsets + 2 * n_tensors + t) + offs, mask=mask, other=0.0)
-    g = g.to(tl.float32)
+    g = g.to(tl.float32) * g_scale  # GradScaler's 1/scale (1 unscaled)
     if MAXIMIZE:
         g = -g
     p = tl.load(p_ptr, mask=mask, other=0.0).to(tl.float32)
@@ -78,6 +78,7 @@ def lion_(
         b[0], b[1], b[2],
         table.offsets, table.sizes, table.block_tensor, table.block_start, flag, len(lists[0]),
         lr, beta1, 1 - beta1, beta2, 1 - beta2, 1 - lr * wd, seed,
+        float(hyper.get("inv_grad_scale", 1.0)),
         P_KIND=out_kind(b[0].dtype), M_KIND=out_kind(b[1].dtype),
         STOCHASTIC=stochastic_rounding, CHECK_INF=found_inf is not None,
         MAXIMIZE=bool(hyper.get("maximize", False)), BLOCK=BLOCK,
@@ -87,4 +88,5 @@ def lion_(
 
 
 def register(devices: tuple[str, ...], dtypes: Sequence[torch.dtype]) -> None:
-    register_kernel(lion_rule, "triton", serve(lion_), devices=devices, dtypes=dtypes)
+    register_kernel(lion_rule, "triton", serve(lion_), devices=devices, dtypes=dtypes,
+                    unscales=True)
