@@ -236,12 +236,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--lists", default="ab", help="which lists: a, b or ab")
     parser.add_argument("--first-step", default="", help="lists whose first steps to time")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads; 1 keeps OpenMP waits for descheduled threads out "
+                        "of the figures on a loaded machine")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         first_step_child(*args.child)
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads")
     for which in args.lists:
         steady(which, args.rounds)
