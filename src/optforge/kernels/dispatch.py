@@ -314,15 +314,19 @@ def _reduce_packed(tensors: Sequence[Tensor], reduce: Callable[[Tensor], Sequenc
     """Whether every value ``reduce`` gives for the tensors (small ones packed) is finite."""
     values: dict[torch.device, list[Tensor]] = {}
     packs: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    filled: dict[tuple[torch.device, torch.dtype], int] = {}  # elements in each open pack
     for t in tensors:
         if t.numel() > PACK:
             values.setdefault(t.device, []).extend(reduce(t))
             continue
-        pack = packs.setdefault((t.device, t.dtype), [])
+        key = (t.device, t.dtype)
+        pack = packs.setdefault(key, [])
         pack.append(t.reshape(-1))
-        if sum(p.numel() for p in pack) >= PACK:
+        filled[key] = filled.get(key, 0) + t.numel()
+        if filled[key] >= PACK:
             values.setdefault(t.device, []).extend(reduce(torch.cat(pack)))
             pack.clear()
+            filled[key] = 0
     for (device, _), pack in packs.items():
         if pack:
             values.setdefault(device, []).extend(reduce(torch.cat(pack)))

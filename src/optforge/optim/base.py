@@ -434,8 +434,8 @@ class FirstOrderOptimizer(OptimizerBase):
             return False, None
         if grad_scale is None or scale == 1.0:
             return True, None
-        # GradScaler.unscale_'s inverse: the reciprocal in double, rounded to fp32.
-        return True, float(torch.tensor(scale, dtype=torch.float64).reciprocal().float())
+        # GradScaler.unscale_'s inverse: the reciprocal in double (a Python float), rounded to fp32.
+        return True, float(torch.tensor(1.0 / scale, dtype=torch.float32))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
