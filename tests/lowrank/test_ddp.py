@@ -4,38 +4,18 @@ one process on the concatenated batch."""
 
 from __future__ import annotations
 
-import socket
-import time
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from tests._spawn import run_ranks
 from tests.lowrank import _ddp_worker as W
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("name", ["galore", pytest.param("frugal_random", marks=pytest.mark.slow),
                                   pytest.param("qgalore", marks=pytest.mark.slow)])  # fmt: skip
 def test_ddp_ranks_agree_and_match_one_process(name, tmp_path) -> None:
     world = 2
-    ctx = mp.start_processes(W.worker, args=(world, _port(), str(tmp_path), name), nprocs=world,
-                             join=False, start_method="spawn")  # fmt: skip
-    end = time.monotonic() + 120
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > end:
-                pytest.fail("DDP workers did not finish in 120 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    ranks = run_ranks(W.worker, world, tmp_path, name, what="DDP workers")
     for a, b in zip(*ranks):
         assert torch.equal(a, b)  # bit-identical across ranks
     model = W.build_model()

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import io
 import math
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.func import functional_call
 
 from optforge.optim.agvm import AGVM, agvm_target_scale, cosine_distance
+from tests._spawn import run_ranks
 from tests.optim import _agvm_dist_worker as W
 
 F64 = torch.float64
@@ -465,28 +463,6 @@ def test_added_param_group_starts_at_mu_one():
 
 
 # -- distributed (gloo, real processes) ------------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_workers(world, out_dir, use_adam, dtype_name, deadline_s=90):
-    ctx = mp.start_processes(W.worker, args=(world, free_port(), str(out_dir), use_adam,
-                                             dtype_name),
-                             nprocs=world, join=False, start_method="spawn")
-    end = time.monotonic() + deadline_s
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > end:
-                pytest.fail(f"distributed AGVM workers did not finish in {deadline_s} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(world)]
-
-
 def single_process_reference(world, use_adam, dtype):
     """Half A = shards of ranks 0..W/2−1, half B the others; also the plain full-batch gradient."""
     model = W.build_model(dtype)
@@ -511,7 +487,8 @@ def single_process_reference(world, use_adam, dtype):
     (4, True, "float32"),
 ])
 def test_distributed_matches_single_process(tmp_path, world, use_adam, dtype_name):
-    results = run_workers(world, tmp_path, use_adam, dtype_name)
+    results = run_ranks(W.worker, world, tmp_path, use_adam, dtype_name, deadline_s=90,
+                        what="distributed AGVM workers")
     dtype = getattr(torch, dtype_name)
     params, grads, plain_grads, mus = single_process_reference(world, use_adam, dtype)
     assert (mus[-1][[0, 2]] != 1).all()  # μ of the non-reference groups really moved

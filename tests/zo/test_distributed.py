@@ -3,24 +3,16 @@ identical parameters on every rank, equal to one process on the concatenated bat
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from tests._spawn import run_ranks
 from tests.zo import _dist_worker as W
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -28,18 +20,7 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(tmp_path) -> None:
     # ~100 s on 2 shared cores (spawning two interpreters); the threaded test below is the fast
     # default for the same contract.
     world = 2
-    ctx = mp.start_processes(W.worker, args=(world, _free_port(), str(tmp_path)), nprocs=world,
-                             join=False, start_method="spawn")
-    end = time.monotonic() + 120
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > end:
-                pytest.fail("distributed MeZO workers did not finish in 120 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    ranks = run_ranks(W.worker, world, tmp_path, what="distributed MeZO workers")
     for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
         assert torch.equal(a, b)
     # One all-reduce per step, of the 2n losses only (no parameter-sized traffic).
