@@ -62,6 +62,26 @@ def test_quantize_equals_the_eager_quantizer(n: int, signed: bool) -> None:
     assert torch.equal(codes, ref_codes) and torch.equal(absmax, ref_absmax)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_quantize_non_finite_blocks_equal_the_eager_quantizer(signed: bool) -> None:
+    """A block with an inf (absmax inf: y = x * 0) or a NaN of either sign (absmax NaN: y = x,
+    values above 1 included) takes the kernel's per-block path; its codes must still be the
+    eager quantizer's."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5 * BLOCK + 7, generator=gen) * 3.0
+    x = x if signed else x.abs()
+    x[3], x[BLOCK + 9] = float("inf"), -float("inf") if signed else float("inf")
+    x[2 * BLOCK + 1] = float("nan")
+    x[3 * BLOCK + 2] = -float("nan")  # the sign bit set
+    x[4 * BLOCK : 5 * BLOCK] = 0.0  # and an all-zero block
+    x[5 * BLOCK + 3] = float("nan")  # the partial block
+    codes, absmax = eightbit_cpu.quantize(x, signed)
+    ref_codes, ref_absmax = quantize_blockwise(x, signed)
+    assert torch.equal(codes, ref_codes)
+    assert torch.equal(absmax.nan_to_num(), ref_absmax.nan_to_num())
+    assert torch.equal(absmax.isnan(), ref_absmax.isnan())
+
+
 def _model(dtype: torch.dtype, seed: int = 0) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
     sizes = [1, BLOCK - 1, BLOCK, BLOCK + 1, 4099, 10_007]

@@ -10,12 +10,14 @@
  * temporary reaches memory), take their absmax and requantize. Memory traffic per element:
  * p read + write, g read, two codes read + write, absmax per 256: 16.06 B for fp32 p/g.
  *
- * Nearest code (optforge.kernels.quant): the number of the 255 midpoints below y = x/absmax.
- * The top 17 bits of y (sign, exponent, 8 mantissa bits; exponents under 2^-24 share one
- * bucket, |y| >= 1 another, NaN a third) index a 54 KiB table. Each entry packs the count of
- * midpoints below the bucket, and the low 15 bits of the one midpoint inside it, if any (no
- * bucket holds two): one table load and an integer compare per value, where a search costs
- * 8 compares and the two dependent loads of quant.nearest_code twice this kernel's time.
+ * Nearest code (optforge.kernels.quant): the number of the 255 midpoints below
+ * y = x * (1/absmax). The top 17 bits of y (sign, exponent, 8 mantissa bits; magnitudes under
+ * 2^-24 clamp into one row, |y| >= 1 into one entry) index a table. Each entry packs the count
+ * of midpoints below the bucket, and the low 15 bits of the one midpoint inside it (no bucket
+ * holds two), flipped for negative buckets, or 0x7fff if none: one table load and one integer
+ * compare per value, where a search costs 8 compares and the two dependent loads of
+ * quant.nearest_code twice this kernel's time. NaN, which the table does not cover, occurs
+ * only in a block whose absmax is not finite: a second pass over such blocks fixes it.
  * tests/kernels/test_eightbit_cpu.py proves the table equal to torch.bucketize.
  *
  * Tensors come as tables of addresses; one call updates a whole list, its blocks shared out
@@ -26,11 +28,13 @@
 #include <math.h>
 
 #define QBLOCK 256
-/* table layout, shared with kernels/eightbit_cpu.py: [sign][exponent slot][8 mantissa bits] */
-#define E_LO 103    /* slot 0: exponents below E_LO (|y| < 2^-24: no midpoint that small) */
-#define SLOT_ONE 25 /* slots 1..24: exponents E_LO..126; SLOT_ONE: |y| >= 1 */
-#define SLOT_NAN 26 /* NaN: the code of zero (y never reaches inf) */
-#define E_SLOTS 27
+/* table layout, shared with kernels/eightbit_cpu.py: [sign][32 rows][8 mantissa bits]. Row r
+ * holds exponent E_LO - 1 + r; row 0 also every smaller one (|y| < 2^-24: no midpoint that
+ * small), the first entry of row ROW_ONE every |y| >= 1; the rows past it pad a sign's half to
+ * 2^SIGN_SHIFT entries, so the sign bit reaches the index by a shift. */
+#define E_LO 103
+#define ROW_ONE 25
+#define SIGN_SHIFT 13
 #define INLINE static inline __attribute__((always_inline))
 
 /* Every loop below is branch-free (selects, gathers from the small tables), so the compiler
@@ -54,7 +58,7 @@ INLINE void store(void* base, int64_t i, float x, const int bf16) {
 }
 
 /* Codes of x[0..n) with the block's absmax, which is NaN when any x is NaN (as torch's amax)
- * and replaced by 1 as the divisor when not > 0 (as quantize_blockwise). The max runs on the
+ * and replaced by 1 when not > 0 (as quantize_blockwise). The max runs on the
  * bits of |x|: for non-negative floats their order is the integers', and NaNs sort above inf. */
 INLINE void requantize(const float* restrict x, int64_t n, uint8_t* restrict codes,
                        float* restrict absmax, const int32_t* restrict table) {
@@ -65,22 +69,24 @@ INLINE void requantize(const float* restrict x, int64_t n, uint8_t* restrict cod
     }
     float amax = top > 0x7f800000u ? NAN : bits_f32(top);
     *absmax = amax;
-    float scale = amax > 0.0f ? amax : 1.0f;
+    const float inv = 1.0f / (amax > 0.0f ? amax : 1.0f); /* NaN: 1, as quantize_blockwise */
     uint8_t q[QBLOCK]; /* a local buffer: provably apart from the tables, so gathers vectorize */
     for (int64_t i = 0; i < n; i++) {
-        float y = x[i] / scale;
+        float y = x[i] * inv;
         int32_t u = (int32_t)f32_bits(y); /* signed indices: what vector gathers take */
-        int32_t s = (u >> 31) & 1, e = (u >> 23) & 0xff;
-        int32_t slot = e < E_LO ? 0 : ((e - E_LO + 1) << 8) | ((u >> 15) & 0xff);
-        slot = e >= 127 ? SLOT_ONE << 8 : slot; /* |y| >= 1: below every midpoint, or above */
-        slot = e == 0xff ? SLOT_NAN << 8 : slot;
-        int32_t entry = table[s * (E_SLOTS << 8) + slot];
-        /* y > the bucket's midpoint, compared on the 15 bits below the bucket's 17: for
-         * negative values the larger bits are the smaller value. Equal: the lower code. */
-        int32_t low = u & 0x7fff, mid = (entry >> 8) & 0x7fff;
-        int32_t above = (entry >> 23) & (s ? low < mid : low > mid);
-        int32_t c = (entry & 0xff) + above;
-        q[i] = (uint8_t)c;
+        int32_t r = ((u & 0x7fffffff) >> 15) - ((E_LO - 1) << 8);
+        r = r < 0 ? 0 : r;
+        r = r > ROW_ONE << 8 ? ROW_ONE << 8 : r; /* |y| >= 1: below every midpoint, or above */
+        int32_t entry = table[r + ((u >> (31 - SIGN_SHIFT)) & (1 << SIGN_SHIFT))];
+        /* y > the bucket's midpoint, compared on the 15 bits below the bucket's 17; for a
+         * negative y the larger bits are the smaller value, so both sides are flipped (the
+         * table's at build time). Equal: the lower code. */
+        int32_t key = (u & 0x7fff) ^ ((u >> 31) & 0x7fff);
+        q[i] = (uint8_t)((entry & 0xff) + (key > (entry >> 8)));
+    }
+    if (top >= 0x7f800000u) { /* inf (y = x * 0) or NaN (y = x): NaNs take the code of 0 */
+        const uint8_t zero = (uint8_t)(table[0] & 0xff);
+        for (int64_t i = 0; i < n; i++) q[i] = isnan(x[i] * inv) ? zero : q[i];
     }
     memcpy(codes, q, (size_t)n);
 }
@@ -102,16 +108,18 @@ INLINE void adamw_block(void* restrict p, const void* restrict g, uint8_t* restr
                         const int32_t* table2, const float* restrict h,
                         const int p_bf16, const int g_bf16) {
     const float beta1 = h[0], omb1 = h[1], beta2 = h[2], omb2 = h[3];
-    const float bc2_sqrt = h[4], eps = h[5], decay = h[6], step_size = h[7];
+    const float eps_c2 = h[4], decay = h[5], step_size = h[6];
     const float ma_k = *ma, va_k = *va;
     float m[QBLOCK], v[QBLOCK];
+    int32_t im[QBLOCK], iv[QBLOCK];
+    for (int64_t i = 0; i < n; i++) { im[i] = mc[i]; iv[i] = vc[i]; }
     for (int64_t i = 0; i < n; i++) {
         float gi = load(g, start + i, g_bf16) * gsign; /* g·(±s) = ±(g·s) exactly */
-        float mi = code1[mc[i]] * ma_k;
-        float vi = code2[vc[i]] * va_k;
+        float mi = code1[im[i]] * ma_k;
+        float vi = code2[iv[i]] * va_k;
         mi = mi * beta1 + gi * omb1;
         vi = vi * beta2 + gi * gi * omb2;
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        float denom = sqrtf(vi) + eps_c2;
         float pi = load(p, start + i, p_bf16);
         store(p, start + i, pi * decay - step_size * (mi / denom), p_bf16);
         m[i] = mi;
@@ -181,7 +189,7 @@ void adamw8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
                const float* code1, const int32_t* table1,
                const float* code2, const int32_t* table2,
                const float* hyper, int nthreads) {
-    FOR_EACH_BLOCK(DISPATCH(ADAMW), hyper[8])
+    FOR_EACH_BLOCK(DISPATCH(ADAMW), hyper[7])
 }
 
 /* hyper: beta1, 1-beta1, beta2, 1-beta2, 1-lr*wd, lr, the gradient's factor. */

@@ -74,8 +74,8 @@ def _adamw8bit(
     bias_correction2: Any,
     maximize: bool,
 ) -> tuple[Tensor, ...]:
-    """One AdamW step on 8-bit moments, in bitsandbytes' order of operations:
-    ``θ ← θ(1−ηλ) − (η/c1)·m / (√v/√c2 + ε)``."""
+    """One AdamW step on 8-bit moments, in the order of bitsandbytes' CUDA kernels:
+    ``θ ← θ(1−ηλ) − (η√c2/c1)·m / (√v + ε√c2)``."""
     code1, _ = dynamic_map(True, param.device)
     code2, _ = dynamic_map(False, param.device)
     g = grad.to(_math_dtype(param))
@@ -103,12 +103,17 @@ def _bnb_adamw(
     bias_correction1: Any,
     bias_correction2: Any,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """AdamW in bitsandbytes' order of operations (``√v/√c2 + ε``, then ``η/c1``), which
-    ``optim.rules.adam_direction`` (``(m/c1)/(√(v/c2) + ε)``) rounds differently from."""
+    """AdamW as bitsandbytes' CUDA 8-bit kernels order it: ``m / (√v + ε√c2)`` times
+    ``η√c2/c1``, one division per element (its CPU path's ``(η/c1)·m / (√v/√c2 + ε)`` takes two,
+    and ``optim.rules.adam_direction``'s ``(m/c1)/(√(v/c2) + ε)`` rounds differently again).
+    The scalars are Python floats rounded once to fp32 by the op, as kernels/eightbit_cpu
+    rounds them."""
     m = m * beta1 + g * (1 - beta1)
     v = v * beta2 + g * g * (1 - beta2)
-    denom = exact_sqrt(v) / bias_correction2**0.5 + eps
-    p = param * (1 - lr * weight_decay) - (lr / bias_correction1) * (m / denom)
+    denom = exact_sqrt(v) + eps * bias_correction2**0.5
+    p = param * (1 - lr * weight_decay) - (lr * bias_correction2**0.5 / bias_correction1) * (
+        m / denom
+    )
     return p, m, v
 
 
