@@ -129,6 +129,19 @@ def test_default_path_is_bit_identical_to_the_eager_rule(cls, kw, dtype) -> None
     assert fast[1].state[fast[0][-1]]["exp_avg"].dtype == torch.uint8
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_counts_split_the_blocks_without_changing_results(threads: int) -> None:
+    """AdamW's loop requantizes each block inside the next block's loop, per thread's run of
+    blocks: other thread counts move where the runs (and the pairs) start and end."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = _run(AdamW8bit, torch.float32, 2)
+    finally:
+        torch.set_num_threads(before)
+    _assert_same(*fast, *_run(AdamW8bit, torch.float32, 2, backend="loop"))
+
+
 @pytest.mark.parametrize("cls", [AdamW8bit, Lion8bit])
 def test_resume_across_paths_is_exact(cls) -> None:
     """Two steps on the kernel, a checkpoint, two more on the eager rule: the same as four on

@@ -6,9 +6,11 @@
  * path (a checkpoint resumed where no C compiler exists) and continue exactly.
  *
  * Per block: dequantize both moments (code book gather times the block's absmax), update in
- * fp32, write the parameter, keep the new moments in a 1 KiB stack buffer (L1: no fp32
- * temporary reaches memory), take their absmax and requantize. Memory traffic per element:
- * p read + write, g read, two codes read + write, absmax per 256: 16.06 B for fp32 p/g.
+ * fp32, write the parameter, keep the new moments in 1 KiB stack buffers (L1: no fp32
+ * temporary reaches memory) while taking their absmax, and requantize them. AdamW does the
+ * last inside the next block's loop, so one block's table work overlaps the next one's memory
+ * traffic (3-4% faster than in turn [measured]). Memory traffic per element: p read + write,
+ * g read, two codes read + write, absmax per 256: 16.06 B for fp32 p/g.
  *
  * Nearest code (optforge.kernels.quant): the number of the 255 midpoints below
  * y = x * (1/absmax). The top 17 bits of y (sign, exponent, 8 mantissa bits; magnitudes under
@@ -26,6 +28,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define QBLOCK 256
 /* table layout, shared with kernels/eightbit_cpu.py: [sign][32 rows][8 mantissa bits]. Row r
@@ -57,37 +62,50 @@ INLINE void store(void* base, int64_t i, float x, const int bf16) {
     }
 }
 
-/* Codes of x[0..n) with the block's absmax, which is NaN when any x is NaN (as torch's amax)
- * and replaced by 1 when not > 0 (as quantize_blockwise). The max runs on the
- * bits of |x|: for non-negative floats their order is the integers', and NaNs sort above inf. */
-INLINE void requantize(const float* restrict x, int64_t n, uint8_t* restrict codes,
-                       float* restrict absmax, const int32_t* restrict table) {
-    uint32_t top = 0;
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t a = f32_bits(x[i]) & 0x7fffffffu;
-        top = a > top ? a : top;
-    }
+INLINE uint32_t abs_bits(float x) { return f32_bits(x) & 0x7fffffffu; }
+
+/* A block's absmax from the max of the bits of its |x| (for non-negative floats their order is
+ * the integers', and NaNs sort above inf): NaN when any x is NaN, as torch's amax. Returns the
+ * factor of y = x * inv, whose divisor is 1 when the absmax is not > 0 (as quantize_blockwise). */
+INLINE float block_inv(uint32_t top, float* restrict absmax) {
     float amax = top > 0x7f800000u ? NAN : bits_f32(top);
     *absmax = amax;
-    const float inv = 1.0f / (amax > 0.0f ? amax : 1.0f); /* NaN: 1, as quantize_blockwise */
-    uint8_t q[QBLOCK]; /* a local buffer: provably apart from the tables, so gathers vectorize */
-    for (int64_t i = 0; i < n; i++) {
-        float y = x[i] * inv;
-        int32_t u = (int32_t)f32_bits(y); /* signed indices: what vector gathers take */
-        int32_t r = ((u & 0x7fffffff) >> 15) - ((E_LO - 1) << 8);
-        r = r < 0 ? 0 : r;
-        r = r > ROW_ONE << 8 ? ROW_ONE << 8 : r; /* |y| >= 1: below every midpoint, or above */
-        int32_t entry = table[r + ((u >> (31 - SIGN_SHIFT)) & (1 << SIGN_SHIFT))];
-        /* y > the bucket's midpoint, compared on the 15 bits below the bucket's 17; for a
-         * negative y the larger bits are the smaller value, so both sides are flipped (the
-         * table's at build time). Equal: the lower code. */
-        int32_t key = (u & 0x7fff) ^ ((u >> 31) & 0x7fff);
-        q[i] = (uint8_t)((entry & 0xff) + (key > (entry >> 8)));
-    }
-    if (top >= 0x7f800000u) { /* inf (y = x * 0) or NaN (y = x): NaNs take the code of 0 */
+    return 1.0f / (amax > 0.0f ? amax : 1.0f);
+}
+
+/* The nearest code of y (finite; see fix_non_finite). */
+INLINE uint8_t code_of(float y, const int32_t* restrict table) {
+    int32_t u = (int32_t)f32_bits(y); /* signed indices: what vector gathers take */
+    int32_t r = ((u & 0x7fffffff) >> 15) - ((E_LO - 1) << 8);
+    r = r < 0 ? 0 : r;
+    r = r > ROW_ONE << 8 ? ROW_ONE << 8 : r; /* |y| >= 1: below every midpoint, or above */
+    int32_t entry = table[r + ((u >> (31 - SIGN_SHIFT)) & (1 << SIGN_SHIFT))];
+    /* y > the bucket's midpoint, compared on the 15 bits below the bucket's 17; for a negative
+     * y the larger bits are the smaller value, so both sides are flipped (the table's at build
+     * time). Equal: the lower code. */
+    int32_t key = (u & 0x7fff) ^ ((u >> 31) & 0x7fff);
+    return (uint8_t)((entry & 0xff) + (key > (entry >> 8)));
+}
+
+/* After code_of over a block whose absmax is inf (y = x * 0) or NaN (y = x): the NaNs of y take
+ * the code of zero, as in quant.nearest_code. */
+INLINE void fix_non_finite(const float* restrict x, int64_t n, uint32_t top, float inv,
+                           uint8_t* restrict q, const int32_t* restrict table) {
+    if (top >= 0x7f800000u) {
         const uint8_t zero = (uint8_t)(table[0] & 0xff);
         for (int64_t i = 0; i < n; i++) q[i] = isnan(x[i] * inv) ? zero : q[i];
     }
+}
+
+/* Codes and absmax of x[0..n). */
+INLINE void requantize(const float* restrict x, int64_t n, uint8_t* restrict codes,
+                       float* restrict absmax, const int32_t* restrict table) {
+    uint32_t top = 0;
+    for (int64_t i = 0; i < n; i++) top = abs_bits(x[i]) > top ? abs_bits(x[i]) : top;
+    const float inv = block_inv(top, absmax);
+    uint8_t q[QBLOCK]; /* a local buffer: provably apart from the tables, so gathers vectorize */
+    for (int64_t i = 0; i < n; i++) q[i] = code_of(x[i] * inv, table);
+    fix_non_finite(x, n, top, inv, q, table);
     memcpy(codes, q, (size_t)n);
 }
 
@@ -101,32 +119,56 @@ INLINE int64_t find_tensor(const int64_t* first, int64_t ntensors, int64_t block
     return lo;
 }
 
-INLINE void adamw_block(void* restrict p, const void* restrict g, uint8_t* restrict mc,
-                        float* restrict ma, uint8_t* restrict vc, float* restrict va,
-                        int64_t start, int64_t n, float gsign, const float* restrict code1,
-                        const int32_t* table1, const float* restrict code2,
-                        const int32_t* table2, const float* restrict h,
-                        const int p_bf16, const int g_bf16) {
+/* AdamW on one block: dequantize, update, write p, and leave the new moments in m[], v[] with
+ * the max of their |bits| in tops[0..1]. In the same loop, when both are whole blocks, the
+ * previous block's moments (pm, pv, factors pinv) are requantized into qm, qv: the table work
+ * of one block then overlaps the memory traffic of the next, where done apart it did not. */
+INLINE void adamw_block(void* restrict p, const void* restrict g, const uint8_t* restrict mc,
+                        float ma_k, const uint8_t* restrict vc, float va_k, int64_t start,
+                        int64_t n, float gsign, const float* restrict code1,
+                        const float* restrict code2, const float* restrict h,
+                        float* restrict m, float* restrict v, uint32_t* restrict tops,
+                        int64_t prev_n, const float* restrict pm, const float* restrict pv,
+                        const float* restrict pinv, uint8_t* restrict qm,
+                        uint8_t* restrict qv, const int32_t* restrict table1,
+                        const int32_t* restrict table2, const int p_bf16, const int g_bf16) {
     const float beta1 = h[0], omb1 = h[1], beta2 = h[2], omb2 = h[3];
     const float eps_c2 = h[4], decay = h[5], step_size = h[6];
-    const float ma_k = *ma, va_k = *va;
-    float m[QBLOCK], v[QBLOCK];
-    int32_t im[QBLOCK], iv[QBLOCK];
+    const float inv_m = pinv[0], inv_v = pinv[1];
+    int32_t im[QBLOCK], iv[QBLOCK]; /* int32 indices: gcc emulates gathers by uint8 ones */
     for (int64_t i = 0; i < n; i++) { im[i] = mc[i]; iv[i] = vc[i]; }
-    for (int64_t i = 0; i < n; i++) {
-        float gi = load(g, start + i, g_bf16) * gsign; /* g·(±s) = ±(g·s) exactly */
-        float mi = code1[im[i]] * ma_k;
-        float vi = code2[iv[i]] * va_k;
-        mi = mi * beta1 + gi * omb1;
-        vi = vi * beta2 + gi * gi * omb2;
-        float denom = sqrtf(vi) + eps_c2;
-        float pi = load(p, start + i, p_bf16);
-        store(p, start + i, pi * decay - step_size * (mi / denom), p_bf16);
-        m[i] = mi;
-        v[i] = vi;
+    uint32_t top_m = 0, top_v = 0;
+#define ADAMW_ELEMENT(i)                                                                     \
+    {                                                                                        \
+        float gi = load(g, start + i, g_bf16) * gsign; /* g·(±s) = ±(g·s) exactly */         \
+        float mi = code1[im[i]] * ma_k;                                                      \
+        float vi = code2[iv[i]] * va_k;                                                      \
+        mi = mi * beta1 + gi * omb1;                                                         \
+        vi = vi * beta2 + gi * gi * omb2;                                                    \
+        float denom = sqrtf(vi) + eps_c2;                                                    \
+        float pi = load(p, start + i, p_bf16);                                               \
+        store(p, start + i, pi * decay - step_size * (mi / denom), p_bf16);                  \
+        m[i] = mi;                                                                           \
+        v[i] = vi;                                                                           \
+        top_m = abs_bits(mi) > top_m ? abs_bits(mi) : top_m;                                 \
+        top_v = abs_bits(vi) > top_v ? abs_bits(vi) : top_v;                                 \
     }
-    requantize(m, n, mc, ma, table1);
-    requantize(v, n, vc, va, table2);
+    if (n == QBLOCK && prev_n == QBLOCK) {
+        for (int64_t i = 0; i < QBLOCK; i++) {
+            ADAMW_ELEMENT(i)
+            qm[i] = code_of(pm[i] * inv_m, table1);
+            qv[i] = code_of(pv[i] * inv_v, table2);
+        }
+    } else {
+        for (int64_t i = 0; i < n; i++) ADAMW_ELEMENT(i)
+        for (int64_t i = 0; i < prev_n; i++) {
+            qm[i] = code_of(pm[i] * inv_m, table1);
+            qv[i] = code_of(pv[i] * inv_v, table2);
+        }
+    }
+#undef ADAMW_ELEMENT
+    tops[0] = top_m;
+    tops[1] = top_v;
 }
 
 INLINE void lion_block(void* restrict p, const void* restrict g, uint8_t* restrict mc,
@@ -171,17 +213,38 @@ INLINE void lion_block(void* restrict p, const void* restrict g, uint8_t* restri
         BODY                                                                                 \
     }
 
-#define ADAMW(P, G)                                                                          \
-    adamw_block((void*)p_ptr[t], (const void*)g_ptr[t], (uint8_t*)m_ptr[t] + start,            \
-                (float*)ma_ptr[t] + k, (uint8_t*)v_ptr[t] + start, (float*)va_ptr[t] + k,      \
-                start, n, gsign, code1, table1, code2, table2, hyper, P, G)
 #define LION(P, G)                                                                           \
     lion_block((void*)p_ptr[t], (const void*)g_ptr[t], (uint8_t*)m_ptr[t] + start,             \
                (float*)ma_ptr[t] + k, start, n, gsign, code1, table1, hyper, P, G)
 
-/* hyper: beta1, 1-beta1, beta2, 1-beta2, sqrt(1-beta2^t), eps, 1-lr*wd, lr/(1-beta1^t),
+/* The previous block of a thread's AdamW loop, awaiting its requantization. */
+typedef struct {
+    int64_t n; /* 0: none */
+    uint8_t *mc, *vc;
+    uint32_t tops[2];
+    float inv[2];
+} pending_t;
+
+INLINE void adamw_dispatch(const int64_t* p_ptr, const int64_t* g_ptr, const int64_t* m_ptr,
+                           const int64_t* v_ptr, int64_t t, float ma_k, float va_k,
+                           int64_t start, int64_t n, float gsign, const float* code1,
+                           const float* code2, const float* hyper, float* m, float* v,
+                           uint32_t* tops, const pending_t* prev, const float* pm,
+                           const float* pv, uint8_t* qm, uint8_t* qv, const int32_t* table1,
+                           const int32_t* table2, int p_bf16, int g_bf16) {
+#define ADAMW(P, G)                                                                          \
+    adamw_block((void*)p_ptr[t], (const void*)g_ptr[t], (const uint8_t*)m_ptr[t] + start,     \
+                ma_k, (const uint8_t*)v_ptr[t] + start, va_k, start, n, gsign, code1, code2,  \
+                hyper, m, v, tops, prev->n, pm, pv, prev->inv, qm, qv, table1, table2, P, G)
+    DISPATCH(ADAMW)
+#undef ADAMW
+}
+
+/* hyper: beta1, 1-beta1, beta2, 1-beta2, eps*sqrt(1-beta2^t), 1-lr*wd, lr*sqrt(1-beta2^t)/(1-beta1^t),
  * each rounded to fp32 as torch rounds a Python scalar for an fp32 tensor, then the
- * gradient's factor: GradScaler's inverse scale (1 unscaled; g * ±s is exactly ±(g * s)). */
+ * gradient's factor: GradScaler's inverse scale (1 unscaled; g * ±s is exactly ±(g * s)).
+ * Each thread takes a contiguous run of blocks (as schedule(static)) and walks it in order,
+ * requantizing block b - 1 inside block b's loop. */
 void adamw8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
                const int64_t* p_ptr, const int64_t* g_ptr, const int64_t* m_ptr,
                const int64_t* ma_ptr, const int64_t* v_ptr, const int64_t* va_ptr,
@@ -189,7 +252,59 @@ void adamw8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
                const float* code1, const int32_t* table1,
                const float* code2, const int32_t* table2,
                const float* hyper, int nthreads) {
-    FOR_EACH_BLOCK(DISPATCH(ADAMW), hyper[7])
+    const int64_t nblocks = first[ntensors];
+    const float gsign = maximize ? -hyper[7] : hyper[7];
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t id = 0, nt = 1;
+#ifdef _OPENMP
+        id = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const int64_t per = (nblocks + nt - 1) / nt;
+        const int64_t b0 = id * per, b1 = b0 + per < nblocks ? b0 + per : nblocks;
+        float buf_m[2][QBLOCK], buf_v[2][QBLOCK];
+        uint8_t qm[QBLOCK], qv[QBLOCK];
+        pending_t prev = {0};
+        int64_t t = b0 < b1 ? find_tensor(first, ntensors, b0) : 0;
+        for (int64_t b = b0; b < b1; b++) {
+            while (first[t + 1] <= b) t++;
+            const int64_t k = b - first[t], start = k * QBLOCK;
+            const int64_t n = numel[t] - start < QBLOCK ? numel[t] - start : QBLOCK;
+            float* ma = (float*)ma_ptr[t] + k;
+            float* va = (float*)va_ptr[t] + k;
+            const int cur = (int)(b & 1);
+            uint32_t tops[2];
+            adamw_dispatch(p_ptr, g_ptr, m_ptr, v_ptr, t, *ma, *va, start, n, gsign, code1,
+                           code2, hyper, buf_m[cur], buf_v[cur], tops, &prev,
+                           buf_m[cur ^ 1], buf_v[cur ^ 1], qm, qv, table1, table2,
+                           p_bf16, g_bf16);
+            if (prev.n) {
+                fix_non_finite(buf_m[cur ^ 1], prev.n, prev.tops[0], prev.inv[0], qm, table1);
+                fix_non_finite(buf_v[cur ^ 1], prev.n, prev.tops[1], prev.inv[1], qv, table2);
+                memcpy(prev.mc, qm, (size_t)prev.n);
+                memcpy(prev.vc, qv, (size_t)prev.n);
+            }
+            prev.n = n;
+            prev.mc = (uint8_t*)m_ptr[t] + start;
+            prev.vc = (uint8_t*)v_ptr[t] + start;
+            prev.tops[0] = tops[0];
+            prev.tops[1] = tops[1];
+            prev.inv[0] = block_inv(tops[0], ma);
+            prev.inv[1] = block_inv(tops[1], va);
+        }
+        if (prev.n) { /* the last block: requantized alone */
+            const int last = (int)((b1 - 1) & 1);
+            for (int64_t i = 0; i < prev.n; i++) {
+                qm[i] = code_of(buf_m[last][i] * prev.inv[0], table1);
+                qv[i] = code_of(buf_v[last][i] * prev.inv[1], table2);
+            }
+            fix_non_finite(buf_m[last], prev.n, prev.tops[0], prev.inv[0], qm, table1);
+            fix_non_finite(buf_v[last], prev.n, prev.tops[1], prev.inv[1], qv, table2);
+            memcpy(prev.mc, qm, (size_t)prev.n);
+            memcpy(prev.vc, qv, (size_t)prev.n);
+        }
+    }
 }
 
 /* hyper: beta1, 1-beta1, beta2, 1-beta2, 1-lr*wd, lr, the gradient's factor. */
