@@ -94,9 +94,9 @@ def _grads(params: list[torch.nn.Parameter], step: int) -> None:
         p.grad = (torch.randn(p.shape, generator=gen) * 1e-2).to(p.dtype)
 
 
-def _run(cls, dtype, steps, backend=None, **kw):
+def _run(cls, dtype, steps, backend=None, min_8bit_size_=1, **kw):
     params = _model(dtype)
-    opt = cls(params, min_8bit_size=1, backend=backend, **kw)
+    opt = cls(params, min_8bit_size=min_8bit_size_, backend=backend, **kw)
     for t in range(steps):
         _grads(params, t)
         opt.step()
@@ -127,6 +127,27 @@ def test_default_path_is_bit_identical_to_the_eager_rule(cls, kw, dtype) -> None
     eager = _run(cls, dtype, 4, backend="loop", **kw)
     _assert_same(*fast, *eager)
     assert fast[1].state[fast[0][-1]]["exp_avg"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kw", [{"weight_decay": 0.1}, {"lr": 3e-2, "maximize": True}])
+def test_fp32_state_tensors_take_the_c_loop_bit_identically(dtype, kw, monkeypatch) -> None:
+    """Tensors under min_8bit_size keep fp32 moments; under auto on CPU the C loop serves
+    them too (``adamw32``), bit-identical to the eager rule."""
+    served = []
+    real_run = eightbit_cpu.run
+
+    def spy(name, lists, hyper):
+        rest = real_run(name, lists, hyper)
+        served.append((name, len(lists[0]) - len(rest)))
+        return rest
+
+    monkeypatch.setattr(eightbit_cpu, "run", spy)
+    fast = _run(AdamW8bit, dtype, 3, min_8bit_size_=300, **kw)
+    eager = _run(AdamW8bit, dtype, 3, backend="loop", min_8bit_size_=300, **kw)
+    _assert_same(*fast, *eager)
+    assert ("adamw32", 4) in served and ("adamw8bit", 2) in served  # 1, 255, 256, 257 | rest
+    assert fast[1].state[fast[0][0]]["exp_avg"].dtype == torch.float32
 
 
 @pytest.mark.parametrize("threads", [1, 3])

@@ -119,6 +119,18 @@ INLINE int64_t find_tensor(const int64_t* first, int64_t ntensors, int64_t block
     return lo;
 }
 
+/* One element of AdamW (optim.eightbit._bnb_adamw) from its gradient and old moments: writes
+ * the new moments to *m, *v and returns the new parameter. h as adamw8bit's hyper. */
+INLINE float adamw_math(float gi, float pi, float mi, float vi, const float* restrict h,
+                        float* restrict m, float* restrict v) {
+    mi = mi * h[0] + gi * h[1];
+    vi = vi * h[2] + gi * gi * h[3];
+    float denom = sqrtf(vi) + h[4];
+    *m = mi;
+    *v = vi;
+    return pi * h[5] - h[6] * (mi / denom);
+}
+
 /* AdamW on one block: dequantize, update, write p, and leave the new moments in m[], v[] with
  * the max of their |bits| in tops[0..1]. In the same loop, when both are whole blocks, the
  * previous block's moments (pm, pv, factors pinv) are requantized into qm, qv: the table work
@@ -132,8 +144,6 @@ INLINE void adamw_block(void* restrict p, const void* restrict g, const uint8_t*
                         const float* restrict pinv, uint8_t* restrict qm,
                         uint8_t* restrict qv, const int32_t* restrict table1,
                         const int32_t* restrict table2, const int p_bf16, const int g_bf16) {
-    const float beta1 = h[0], omb1 = h[1], beta2 = h[2], omb2 = h[3];
-    const float eps_c2 = h[4], decay = h[5], step_size = h[6];
     const float inv_m = pinv[0], inv_v = pinv[1];
     int32_t im[QBLOCK], iv[QBLOCK]; /* int32 indices: gcc emulates gathers by uint8 ones */
     for (int64_t i = 0; i < n; i++) { im[i] = mc[i]; iv[i] = vc[i]; }
@@ -141,13 +151,10 @@ INLINE void adamw_block(void* restrict p, const void* restrict g, const uint8_t*
 #define ADAMW_ELEMENT(i)                                                                     \
     {                                                                                        \
         float gi = load(g, start + i, g_bf16) * gsign; /* g·(±s) = ±(g·s) exactly */         \
-        float mi = code1[im[i]] * ma_k;                                                      \
-        float vi = code2[iv[i]] * va_k;                                                      \
-        mi = mi * beta1 + gi * omb1;                                                         \
-        vi = vi * beta2 + gi * gi * omb2;                                                    \
-        float denom = sqrtf(vi) + eps_c2;                                                    \
-        float pi = load(p, start + i, p_bf16);                                               \
-        store(p, start + i, pi * decay - step_size * (mi / denom), p_bf16);                  \
+        float mi, vi;                                                                        \
+        float pi = adamw_math(gi, load(p, start + i, p_bf16), code1[im[i]] * ma_k,           \
+                              code2[iv[i]] * va_k, h, &mi, &vi);                             \
+        store(p, start + i, pi, p_bf16);                                                     \
         m[i] = mi;                                                                           \
         v[i] = vi;                                                                           \
         top_m = abs_bits(mi) > top_m ? abs_bits(mi) : top_m;                                 \
@@ -213,6 +220,23 @@ INLINE void lion_block(void* restrict p, const void* restrict g, uint8_t* restri
         BODY                                                                                 \
     }
 
+/* AdamW with fp32 moments (the tensors under min_8bit_size) on one block, in place. */
+INLINE void adamw32_block(void* restrict p, const void* restrict g, float* restrict m,
+                          float* restrict v, int64_t start, int64_t n, float gsign,
+                          const float* restrict h, const int p_bf16, const int g_bf16) {
+    for (int64_t i = start; i < start + n; i++) {
+        float mi, vi;
+        float pi = adamw_math(load(g, i, g_bf16) * gsign, load(p, i, p_bf16), m[i], v[i], h,
+                              &mi, &vi);
+        store(p, i, pi, p_bf16);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+#define ADAMW32(P, G)                                                                        \
+    adamw32_block((void*)p_ptr[t], (const void*)g_ptr[t], (float*)m_ptr[t], (float*)v_ptr[t],  \
+                  start, n, gsign, hyper, P, G)
 #define LION(P, G)                                                                           \
     lion_block((void*)p_ptr[t], (const void*)g_ptr[t], (uint8_t*)m_ptr[t] + start,             \
                (float*)ma_ptr[t] + k, start, n, gsign, code1, table1, hyper, P, G)
@@ -305,6 +329,14 @@ void adamw8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
             memcpy(prev.vc, qv, (size_t)prev.n);
         }
     }
+}
+
+/* adamw8bit's rule on fp32 moments (optim.eightbit._adamw32); hyper as adamw8bit's. */
+void adamw32(int64_t ntensors, const int64_t* numel, const int64_t* first,
+             const int64_t* p_ptr, const int64_t* g_ptr, const int64_t* m_ptr,
+             const int64_t* v_ptr, int p_bf16, int g_bf16, int maximize,
+             const float* hyper, int nthreads) {
+    FOR_EACH_BLOCK(DISPATCH(ADAMW32), hyper[7])
 }
 
 /* hyper: beta1, 1-beta1, beta2, 1-beta2, 1-lr*wd, lr, the gradient's factor. */

@@ -201,7 +201,7 @@ def quantize(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     return codes.view(x.shape), absmax
 
 
-def _serves(tensors: Sequence[Tensor]) -> bool:
+def _serves(tensors: Sequence[Tensor], fp32_state: bool) -> bool:
     p, g = tensors[0], tensors[-1]
     return (
         p.device.type == "cpu"
@@ -209,7 +209,18 @@ def _serves(tensors: Sequence[Tensor]) -> bool:
         and g.dtype in _DTYPES
         and all(t.is_contiguous() for t in tensors)
         and p.numel() > 0
+        and (not fp32_state or all(t.dtype == torch.float32 for t in tensors[1:-1]))
     )
+
+
+def _adamw32(lib: Any) -> Any:
+    """The library's ``adamw32`` with its argument types (set on first use)."""
+    fn = lib.adamw32
+    if fn.argtypes is None:
+        p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        fn.argtypes = [i64, *[p] * 6, c_int, c_int, c_int, p, c_int]
+        fn.restype = None
+    return fn
 
 
 def _f32(x: float) -> float:
@@ -220,7 +231,7 @@ def _f32(x: float) -> float:
 def _hyper(name: str, hyper: Mapping[str, Any]) -> Tensor:
     b1, b2 = float(hyper["beta1"]), float(hyper["beta2"])
     lr, wd = float(hyper["lr"]), float(hyper["weight_decay"])
-    if name == "adamw8bit":
+    if name in ("adamw8bit", "adamw32"):
         bc1, bc2 = float(hyper["bias_correction1"]), float(hyper["bias_correction2"])
         c2 = bc2**0.5
         values = [b1, 1 - b1, b2, 1 - b2, float(hyper["eps"]) * c2, 1 - lr * wd, lr * c2 / bc1]
@@ -231,9 +242,10 @@ def _hyper(name: str, hyper: Mapping[str, Any]) -> Tensor:
 
 
 def run(rule_name: str, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> list[int]:
-    """Run ``adamw8bit`` or ``lion8bit`` (``optim.eightbit``'s rule names) on every entry of
-    ``lists`` it serves, one call per (parameter dtype, gradient dtype); return the indices
-    of the entries left for the eager rule."""
+    """Run ``adamw8bit``, ``lion8bit`` or ``adamw32`` (``optim.eightbit``'s rule names; the
+    last, fp32 moments, serves the tensors under ``min_8bit_size``) on every entry of ``lists``
+    it serves, one call per (parameter dtype, gradient dtype); return the indices of the
+    entries left for the eager rule."""
     lib = _load()
     if lib is None:
         return list(range(len(lists[0])))
@@ -244,7 +256,8 @@ def run(rule_name: str, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, A
     inv = float(hyper.get("inv_grad_scale", 1.0))
     exact_bf16 = math.frexp(inv)[0] == 0.5
     for i, tensors in enumerate(zip(*lists)):
-        if _serves(tensors) and (exact_bf16 or tensors[-1].dtype != torch.bfloat16):
+        served = _serves(tensors, fp32_state=rule_name == "adamw32")
+        if served and (exact_bf16 or tensors[-1].dtype != torch.bfloat16):
             groups.setdefault((tensors[0].dtype, tensors[-1].dtype), []).append(i)
         else:
             rest.append(i)
@@ -257,7 +270,8 @@ def run(rule_name: str, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, A
         numel = torch.tensor([lists[0][i].numel() for i in idx], dtype=torch.int64)
         first = torch.zeros(len(idx) + 1, dtype=torch.int64)
         first[1:] = torch.cumsum((numel + BLOCK - 1) // BLOCK, 0)
-        assert all(lists[2][i].numel() == blocks(lists[0][i].numel()) for i in idx)
+        if rule_name != "adamw32":
+            assert all(lists[2][i].numel() == blocks(lists[0][i].numel()) for i in idx)
         addr = [
             torch.tensor([lst[i].data_ptr() for i in idx], dtype=torch.int64) for lst in lists
         ]
@@ -272,6 +286,12 @@ def run(rule_name: str, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, A
                 va.data_ptr(), pdtype, gdtype, maximize,
                 code1.data_ptr(), table1.data_ptr(), code2.data_ptr(), table2.data_ptr(),
                 h.data_ptr(), threads,
+            )
+        elif rule_name == "adamw32":
+            p, m, v, g = addr
+            _adamw32(lib)(
+                len(idx), numel.data_ptr(), first.data_ptr(), p.data_ptr(), g.data_ptr(),
+                m.data_ptr(), v.data_ptr(), pdtype, gdtype, maximize, h.data_ptr(), threads,
             )
         else:
             p, m, ma, g = addr

@@ -259,6 +259,22 @@ def run_8bit(
                 write(tile[: rule.n_out], rule(*tile, **hyper))
 
 
+def run_32bit(
+    rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any], backend: str
+) -> None:
+    """Run a fp32-state rule (the tensors under ``min_8bit_size``): on CPU under ``auto`` the
+    fused C loop for what it serves (AdamW's; bit-identical to the rule), the rest through
+    ``apply_rule_``. On the benchmark's 40 norm and bias tensors the foreach path took ~1.2 ms
+    of CPU time per step [measured], 1.5% of the whole 8-bit step."""
+    name = (rule.base or rule).name
+    if backend == "auto" and lists[0] and lists[0][0].device.type == "cpu" and name == "adamw32":
+        rest = eightbit_cpu.run(name, lists, hyper)
+        if not rest:
+            return
+        lists = [[lst[i] for i in rest] for lst in lists]
+    apply_rule_(rule, lists, hyper, backend=backend)
+
+
 #: elements per eager tile: a multiple of the quantization block whose temporaries (~20 of
 #: 4 B per element) stay in a core's L2 cache: 2.2x faster than whole tensors on 16 x 512²
 #: (1 thread: 958 -> 441 ms per step; 2^13: 816 ms, 2^17: 423 ms) [measured].
@@ -441,7 +457,7 @@ class AdamW8bit(_EightBit):
                     [grads[i] for i in f],
                 )
                 rule, h = self._unscaled(adamw32_rule, len(lists) - 1, hyper)
-                apply_rule_(rule, lists, h, backend=backend)
+                run_32bit(rule, lists, h, backend)
 
 
 class Lion8bit(_EightBit):
