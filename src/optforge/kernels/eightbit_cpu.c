@@ -66,7 +66,7 @@ INLINE uint32_t abs_bits(float x) { return f32_bits(x) & 0x7fffffffu; }
 
 /* A block's absmax from the max of the bits of its |x| (for non-negative floats their order is
  * the integers', and NaNs sort above inf): NaN when any x is NaN, as torch's amax. Returns the
- * factor of y = x * inv, whose divisor is 1 when the absmax is not > 0 (as quantize_blockwise). */
+ * factor of y = x * inv, whose divisor is 1 when the absmax is not > 0 (quantize_blockwise). */
 INLINE float block_inv(uint32_t top, float* restrict absmax) {
     float amax = top > 0x7f800000u ? NAN : bits_f32(top);
     *absmax = amax;
@@ -249,6 +249,16 @@ typedef struct {
     float inv[2];
 } pending_t;
 
+/* Write the pending block's codes, computed into qm, qv from its moments pm, pv. */
+INLINE void store_pending(const pending_t* prev, const float* pm, const float* pv,
+                          uint8_t* qm, uint8_t* qv, const int32_t* table1,
+                          const int32_t* table2) {
+    fix_non_finite(pm, prev->n, prev->tops[0], prev->inv[0], qm, table1);
+    fix_non_finite(pv, prev->n, prev->tops[1], prev->inv[1], qv, table2);
+    memcpy(prev->mc, qm, (size_t)prev->n);
+    memcpy(prev->vc, qv, (size_t)prev->n);
+}
+
 INLINE void adamw_dispatch(const int64_t* p_ptr, const int64_t* g_ptr, const int64_t* m_ptr,
                            const int64_t* v_ptr, int64_t t, float ma_k, float va_k,
                            int64_t start, int64_t n, float gsign, const float* code1,
@@ -264,9 +274,10 @@ INLINE void adamw_dispatch(const int64_t* p_ptr, const int64_t* g_ptr, const int
 #undef ADAMW
 }
 
-/* hyper: beta1, 1-beta1, beta2, 1-beta2, eps*sqrt(1-beta2^t), 1-lr*wd, lr*sqrt(1-beta2^t)/(1-beta1^t),
- * each rounded to fp32 as torch rounds a Python scalar for an fp32 tensor, then the
- * gradient's factor: GradScaler's inverse scale (1 unscaled; g * ±s is exactly ±(g * s)).
+/* hyper: beta1, 1-beta1, beta2, 1-beta2, eps*c2, 1-lr*wd, lr*c2/(1-beta1^t) with
+ * c2 = sqrt(1-beta2^t), each rounded to fp32 as torch rounds a Python scalar for an fp32
+ * tensor, then the gradient's factor: GradScaler's inverse scale (1 unscaled; g * ±s is
+ * exactly ±(g * s)).
  * Each thread takes a contiguous run of blocks (as schedule(static)) and walks it in order,
  * requantizing block b - 1 inside block b's loop. */
 void adamw8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
@@ -303,12 +314,8 @@ void adamw8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
                            code2, hyper, buf_m[cur], buf_v[cur], tops, &prev,
                            buf_m[cur ^ 1], buf_v[cur ^ 1], qm, qv, table1, table2,
                            p_bf16, g_bf16);
-            if (prev.n) {
-                fix_non_finite(buf_m[cur ^ 1], prev.n, prev.tops[0], prev.inv[0], qm, table1);
-                fix_non_finite(buf_v[cur ^ 1], prev.n, prev.tops[1], prev.inv[1], qv, table2);
-                memcpy(prev.mc, qm, (size_t)prev.n);
-                memcpy(prev.vc, qv, (size_t)prev.n);
-            }
+            if (prev.n)
+                store_pending(&prev, buf_m[cur ^ 1], buf_v[cur ^ 1], qm, qv, table1, table2);
             prev.n = n;
             prev.mc = (uint8_t*)m_ptr[t] + start;
             prev.vc = (uint8_t*)v_ptr[t] + start;
@@ -323,10 +330,7 @@ void adamw8bit(int64_t ntensors, const int64_t* numel, const int64_t* first,
                 qm[i] = code_of(buf_m[last][i] * prev.inv[0], table1);
                 qv[i] = code_of(buf_v[last][i] * prev.inv[1], table2);
             }
-            fix_non_finite(buf_m[last], prev.n, prev.tops[0], prev.inv[0], qm, table1);
-            fix_non_finite(buf_v[last], prev.n, prev.tops[1], prev.inv[1], qv, table2);
-            memcpy(prev.mc, qm, (size_t)prev.n);
-            memcpy(prev.vc, qv, (size_t)prev.n);
+            store_pending(&prev, buf_m[last], buf_v[last], qm, qv, table1, table2);
         }
     }
 }
