@@ -282,3 +282,22 @@ def test_inner_rule_backends_agree_and_checkpoints_without_them_load() -> None:
     assert fresh.param_groups[0]["backend"] is None
     with pytest.raises(ValueError, match="backend must be one of"):
         GaLoreAdamW(params, backend="cuda")
+
+
+def test_eager_inner_rule_runs_per_parameter(monkeypatch) -> None:
+    """On the eager paths (CPU ``auto``) each parameter's inner Adam is one call of its own, so
+    no projected gradient waits for the others (peak memory as a per-parameter loop)."""
+    calls = []
+    real = projected_module.apply_rule_
+
+    def spy(rule, lists, hyper, *, backend):
+        calls.append((len(lists[0]), backend))
+        real(rule, lists, hyper, backend=backend)
+
+    monkeypatch.setattr(projected_module, "apply_rule_", spy)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.Linear(20, 6))
+    opt = GaLoreAdamW(model.parameters(), lr=1e-2, rank=3)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape)
+    opt.step()
+    assert calls == [(1, "auto")] * 4
