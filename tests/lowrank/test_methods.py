@@ -220,6 +220,19 @@ def test_8bit_galore_follows_fp32_moments_within_quantization_error() -> None:
     assert (d8 - d32).norm() < 0.05 * d32.norm()
 
 
+def test_8bit_galore_steps_fp64_parameters() -> None:
+    # The dequantized moments used to pin the basis to fp32, so an fp64 matrix past min_8bit_size
+    # failed in the projection (float != double).
+    w0 = torch.randn(512, 512, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grads = _grads((512, 512), 4, dtype=torch.float64)
+    q8, opt = _run(GaLoreAdamW8bit, w0, grads, lr=1e-2, rank=128, update_proj_gap=2)
+    f64, _ = _run(GaLoreAdamW, w0, grads, lr=1e-2, rank=128, update_proj_gap=2)
+    st = next(iter(opt.state.values()))
+    assert st["inner.exp_avg"].dtype == torch.uint8 and q8.dtype == torch.float64
+    d8, d64 = (q8 - w0).flatten(), (f64 - w0).flatten()
+    assert torch.nn.functional.cosine_similarity(d8, d64, dim=0) > 0.99
+
+
 def test_8bit_adam_against_bitsandbytes_on_a_full_matrix() -> None:
     bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes not installed")
     w0 = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))

@@ -404,7 +404,7 @@ class ProjectedOptimizer(FirstOrderOptimizer):
             gap = int(st["switch.gap"]) if group["adaptive_gap"] else group["update_proj_gap"]
             if k % gap == 0:
                 self._refresh(p, st, g, view, group, k)
-            basis = self._basis(st, view, group)
+            basis = self._basis(st, view, group, compute)
             low = project(g, basis, view.side)
             x = self._natural(st, low, group) if group["natural_history"] else low
         st["inner.step"] += 1  # after the refresh: the "reset" policy restarts the count
@@ -541,9 +541,13 @@ class ProjectedOptimizer(FirstOrderOptimizer):
             elif value.data_ptr() != t.data_ptr():  # not written in place by the rule
                 t.copy_(value.reshape(t.shape))
 
-    def _basis(self, st: dict[str, Any], view: MatrixView, group: dict[str, Any]) -> dict:
-        dtype = st["inner.exp_avg.absmax" if "inner.exp_avg.absmax" in st else "inner.exp_avg"]
-        dtype = torch.float32 if dtype.dtype == torch.uint8 else dtype.dtype
+    def _basis(
+        self, st: dict[str, Any], view: MatrixView, group: dict[str, Any], compute: torch.dtype
+    ) -> dict:
+        # The basis meets the moments' dtype; 8-bit moments are dequantized to the gradient's
+        # compute dtype (fp32, or fp64 for fp64 parameters).
+        moment = st["inner.exp_avg"]
+        dtype = compute if moment.dtype == torch.uint8 else moment.dtype
         basis = {}
         for name, shape in view.basis_shapes().items():
             t = st[f"proj.{name}"]
@@ -564,7 +568,7 @@ class ProjectedOptimizer(FirstOrderOptimizer):
         def gen() -> torch.Generator:
             return generator_for(g.device, group["seed"], k, index)
 
-        old = self._basis(st, view, group) if k > 0 else None
+        old = self._basis(st, view, group, g.dtype) if k > 0 else None
         try:
             new = make_basis(group["projector"], g, view, gen)
             ok = all(bool(torch.isfinite(b).all()) for b in new.values())
