@@ -196,8 +196,22 @@ EXTRA = {
 
 
 # ------------------------------------------------------------------------------ stepping
+def optuna_startup(dims: dict, seed: int, n: int = 10) -> list[dict]:
+    """The ``n`` start-up configurations ``GPSampler(seed=seed)`` evaluates first: its
+    independent sampler is ``RandomSampler(seed=seed)``, asked in the same order."""
+    import optuna
+
+    dists = _OptunaStepper(dims, seed).dists  # also quiets Optuna's logging
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [dict(study.ask(dists).params) for _ in range(n)]
+
+
 class _OptforgeStepper:
-    def __init__(self, dims: dict, seed: int, kwargs: dict) -> None:
+    """``startup``: configurations to evaluate first (told through ``observe``) instead of
+    optforge's own Sobol design, e.g. Optuna's random start-up points for a paired comparison."""
+
+    def __init__(self, dims: dict, seed: int, kwargs: dict, startup: list | None = None) -> None:
+        self.startup = list(startup or [])
         spec = {}
         for name, (kind, *a) in dims.items():
             spec[name] = (
@@ -209,11 +223,17 @@ class _OptforgeStepper:
         self.bo = BayesianOptimization(SearchSpace(spec), seed=seed, **kwargs)
 
     def ask(self) -> tuple[object, dict]:
+        if self.startup:
+            params = self.startup.pop(0)
+            return ("observe", params), params
         (c,) = self.bo.ask(1)
         return c.id, c.value
 
     def tell(self, token: object, value: float) -> None:
-        self.bo.tell([token], [value])
+        if isinstance(token, tuple):
+            self.bo.observe([token[1]], [value])
+        else:
+            self.bo.tell([token], [value])
 
 
 class _OptunaStepper:
@@ -245,12 +265,17 @@ class _OptunaStepper:
         self.study.tell(token, value)
 
 
-def run_job(problem: str, seed: int, n: int, methods: list[str], kwargs: dict) -> dict:
+def run_job(
+    problem: str, seed: int, n: int, methods: list[str], kwargs: dict, startup: str = "own"
+) -> dict:
     dims, obj, fmin = {**PROBLEMS, **EXTRA}[problem]
+    first = optuna_startup(dims, seed) if startup == "optuna" else None
     steppers: dict = {}
     for m in methods:
         steppers[m] = (
-            _OptforgeStepper(dims, seed, kwargs) if m == "optforge" else _OptunaStepper(dims, seed)
+            _OptforgeStepper(dims, seed, kwargs, first)
+            if m == "optforge"
+            else _OptunaStepper(dims, seed)
         )
     values = {m: [] for m in methods}
     times = {m: [] for m in methods}
@@ -361,6 +386,13 @@ def main() -> None:
     parser.add_argument("--label", default="default", help="names the optforge configuration")
     parser.add_argument("--kwargs", default="{}", help="JSON: extra BayesianOptimization kwargs")
     parser.add_argument(
+        "--startup",
+        default="own",
+        choices=["own", "optuna"],
+        help="optforge's first 10 points: its own Sobol design, or the random points Optuna's "
+        "GPSampler evaluates first for the same seed (a paired comparison of the model steps)",
+    )
+    parser.add_argument(
         "--claims",
         default=None,
         help="folder of claim files: any number of workers share the job list, each job "
@@ -388,7 +420,7 @@ def main() -> None:
         except FileExistsError:
             continue
         t0 = time.time()
-        res = run_job(p, s, args.n, args.methods, kwargs)
+        res = run_job(p, s, args.n, args.methods, kwargs, args.startup)
         load1 = os.getloadavg()[0]
         with path.open("a") as fh:
             for m, r in res.items():
@@ -398,6 +430,7 @@ def main() -> None:
                     "method": m,
                     "label": args.label if m == "optforge" else "optuna",
                     "kwargs": kwargs if m == "optforge" else {},
+                    "startup": args.startup if m == "optforge" else "own",
                     "git": sha,
                     "n": args.n,
                     "together": len(args.methods) > 1,
