@@ -11,7 +11,13 @@ interrupted command resumes):
    For GaLore and Fira the grid is the *effective* rate of the projected weights, ``lr * scale``
    with the papers' α = 0.25 (so lr = 4x the grid point; 0.008 is next to the scripts' 0.01).
 2. The lr with the lowest final validation loss per method is rerun on ``--final-seeds``.
+   ``VARIANTS`` (GaLore with its moments rotated into each new basis, LISA with frozen blocks
+   keeping their moments) are rows of the same table and get the same sweep and seeds.
 3. Table (markdown, printed), ``summary.json`` and the curves PNG are written.
+4. With ``--ablations``: the ``ABLATIONS`` runs (T, rank, switch policy, randomized SVD, which
+   weights are projected, LISA's K, 3,000 steps, and a probe of the share of each gradient
+   GaLore's basis keeps, plotted to ``galore_energy.png``), each next to AdamW on the same
+   seeds and steps; outside the equal budget.
 
 Method settings follow the papers' pretraining scripts (see ``docs/lowrank/*.md``):
 
@@ -27,13 +33,15 @@ Method settings follow the papers' pretraining scripts (see ``docs/lowrank/*.md`
   the rest, one lr for every group as in its scripts, state reset on subspace switch, the
   library's SVD projector, T = 50 (its argparse default too).
 - LISA: AdamW inside; γ = 1 of the 2 blocks per K = 20-step period; embeddings, positional
-  table, final norm and head always train (as LMFlow's callback does).
+  table, final norm and head always train (as LMFlow does); a frozen block's AdamW state is
+  freed, so a re-drawn block starts with fresh moments (LMFlow's ``LISATrainer``). The
+  ``lisa_keep`` variant keeps it (LMFlow's first, ``requires_grad``-only callback).
 
 Weight decay is 0 for every method (GaLore's and Fira's setting). One torch thread per run.
-The defaults are the run in ``docs/lowrank/quality.md`` (its PNG and ``summary.json`` are copies
-of this command's ``curves.png`` and ``summary.json``):
+The defaults are the run in ``docs/lowrank/quality.md`` (its PNGs and ``summary.json`` are
+copies of this command's ``curves.png``, ``galore_energy.png`` and ``summary.json``):
 
-    nice -n 5 python benchmarks/lowrank_quality.py --out-dir /tmp/lowrank_quality
+    nice -n 5 python benchmarks/lowrank_quality.py --ablations --jobs 2 --out-dir /tmp/lq
 """
 
 from __future__ import annotations
@@ -50,20 +58,73 @@ import torch
 from optforge.bench.submission import cosine_warmup_factor
 from optforge.bench.workloads.stdlib_lm import StdlibCharLM
 from optforge.lowrank import FRUGAL, LISA, FiraAdamW, GaLoreAdamW, galore_param_groups
+from optforge.lowrank.projectors import project
 
 METHODS = ("adamw", "galore", "fira", "frugal", "lisa")
 LABELS = {"adamw": "AdamW", "galore": "GaLore", "fira": "Fira", "frugal": "FRUGAL",
           "lisa": "LISA"}
+PROJECTED = ("galore", "fira", "frugal")
+#: Extra rows of the main table, each given the same lr sweep and seeds as the methods:
+#: name -> (method, options, label). Both settings have an official precedent (docs page).
+VARIANTS = {
+    "galore_rotate": ("galore", {"on_switch": "rotate"}, "GaLore, moments rotated at a switch"),
+    "lisa_keep": ("lisa", {"free_state": False}, "LISA, frozen blocks keep their moments"),
+}
 SCALE, BATCH = 0.25, 32
 
 
+#: Single runs outside the equal budget (``--ablations``), each next to AdamW at its protocol
+#: lr on the same seeds and steps. GaLore's swept rate is lr·α; the protocol row is
+#: lr·α 1.6e-2, T 50, r 16, moments kept, exact SVD, every attention/MLP weight projected.
+#: ``row=NAME``: that main-table row's method, options and best swept lr.
+ABLATIONS: list[dict] = [
+    dict(label="GaLore, lr·α 3.2e-2 (past the grid's edge)", method="galore", lr=0.032,
+         seeds=(0,)),
+    dict(label="GaLore, T = 200 (the paper's T)", method="galore", lr=0.016, seeds=(0, 1),
+         gap=200),
+    dict(label="GaLore, r = 32 = d/2 (the paper's r/d at 60M)", method="galore", lr=0.016,
+         seeds=(0, 1), rank=32),
+    dict(label="GaLore, moments reset at a switch", method="galore", lr=0.016, seeds=(0,),
+         options={"on_switch": "reset"}),
+    dict(label="GaLore, moments reset at a switch, lr·α 8e-3", method="galore", lr=0.008,
+         seeds=(0,), options={"on_switch": "reset"}),
+    dict(label="GaLore, randomized SVD", method="galore", lr=0.016, seeds=(0,),
+         options={"projector": "randomized_svd"}),
+    dict(label="GaLore, MLP weights only (attention full AdamW)", method="galore", lr=0.016,
+         seeds=(0,), options={"targets": ("fc",)}),
+    dict(label="GaLore, share of the gradient kept (probe)", method="galore", lr=0.016,
+         seeds=(0,), options={"probe_every": 10}),
+    dict(label="AdamW, share of its update in the gradient's top-r subspace (probe)",
+         method="adamw", lr=0.008, seeds=(0,), options={"probe_update_every": 10}),
+    dict(label="LISA, K = 5", method="lisa", lr=0.004, seeds=(0,), options={"period": 5}),
+    dict(label="LISA, K = 100", method="lisa", lr=0.004, seeds=(0,), options={"period": 100}),
+    # the workload's 3,000-step budget, main-table rows at their best swept lr (1,000 steps)
+    *(dict(label=f"{name}, 3,000 steps", row=name, seeds=(0,), steps=3000)
+      for name in ("galore", "galore_rotate")),
+    dict(label="lisa_keep, 3,000 steps", row="lisa_keep", seeds=(0, 1, 2), steps=3000),
+]
+
+
 def build(method: str, model: torch.nn.Module, lr: float, base_lr: float, proj_gap: int,
-          rank: int = 16) -> torch.optim.Optimizer:
+          rank: int = 16, options: dict | None = None) -> torch.optim.Optimizer:
     """``lr`` is the swept rate (projected weights' effective rate for GaLore/Fira);
-    ``base_lr`` is AdamW's best rate, used by GaLore/Fira for the non-projected parameters."""
-    proj = dict(target_modules=("blocks",), update_proj_gap=proj_gap)
+    ``base_lr`` is AdamW's best rate, used by GaLore/Fira for the non-projected parameters.
+
+    ``options`` (the ablations; empty: the protocol's settings): for GaLore/Fira/FRUGAL
+    ``targets`` (module-name patterns of the projected weights, default ``("blocks",)``: every
+    attention and MLP ``nn.Linear``) and any projected-group key (``on_switch``,
+    ``projector``, ...); for LISA ``n_active``, ``period``, ``free_state``."""
+    opts = dict(options or {})
     if method == "adamw":
+        if opts:
+            raise ValueError(f"adamw takes no options (got {opts})")
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    if method == "lisa":
+        lisa = dict(n_active=1, period=20, free_state=True) | opts
+        inner = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        return LISA(inner, [list(b.parameters()) for b in model.blocks], **lisa)
+    proj = dict(target_modules=tuple(opts.pop("targets", ("blocks",))),
+                update_proj_gap=proj_gap, **opts)
     if method in ("galore", "fira"):
         projected, rest = galore_param_groups(model, rank=rank, scale=SCALE, proj_type="std",
                                               **proj)
@@ -74,14 +135,11 @@ def build(method: str, model: torch.nn.Module, lr: float, base_lr: float, proj_g
         groups = galore_param_groups(model, rank=None, density=rank / model.tok.weight.shape[1],
                                      **proj)
         return FRUGAL(groups, lr=lr, weight_decay=0.0)
-    if method == "lisa":
-        inner = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        return LISA(inner, [list(b.parameters()) for b in model.blocks], n_active=1, period=20)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
 def train(method: str, lr: float, seed: int, steps: int, eval_every: int, base_lr: float,
-          proj_gap: int, rank: int, path: str) -> dict:
+          proj_gap: int, rank: int, path: str, options: dict | None = None) -> dict:
     """One run; writes its result to ``path`` (the cache) and returns it."""
     try:  # claim the run; another command sharing --out-dir may be running it
         os.close(os.open(path + ".lock", os.O_CREAT | os.O_EXCL))
@@ -94,29 +152,78 @@ def train(method: str, lr: float, seed: int, steps: int, eval_every: int, base_l
     torch.set_num_threads(1)
     workload = StdlibCharLM()
     model = workload.init_model(seed)
-    opt = build(method, model, lr, base_lr, proj_gap, rank)
+    build_options = dict(options or {})
+    probe_every = build_options.pop("probe_every", 0)  # measures only; the run is unchanged
+    update_every = build_options.pop("probe_update_every", 0)  # likewise
+    opt = build(method, model, lr, base_lr, proj_gap, rank, build_options)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: cosine_warmup_factor(s, steps, 0.05)
     )
-    curve, start = [], time.perf_counter()
+    curve, probe, probe_update, start = [], [], [], time.perf_counter()
+    block_weights = [m.weight for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)]
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
         loss = workload.loss(model, workload.train_batch(step, seed, BATCH))
         loss.backward()
+        before = [w.detach().clone() for w in block_weights] if (
+            update_every and step % update_every == 0) else None
         opt.step()
         sched.step()
+        if probe_every and step % probe_every == 0:
+            probe.append((step, *captured_energy(opt, rank)))
+        if before is not None:
+            probe_update.append((step, update_share(block_weights, before, rank)))
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             val = workload.evaluate(model)
             curve.append((step + 1, val if math.isfinite(val) else float("inf")))
     result = {"method": method, "lr": lr, "seed": seed, "steps": steps, "base_lr": base_lr,
-              "proj_gap": proj_gap, "rank": rank, "curve": curve, "final": curve[-1][1],
-              "seconds": time.perf_counter() - start}
+              "proj_gap": proj_gap, "rank": rank, "options": options or {}, "curve": curve,
+              "final": curve[-1][1], "seconds": time.perf_counter() - start}
+    if probe:
+        result["probe"] = probe
+    if probe_update:
+        result["probe_update"] = probe_update
     with open(path + ".tmp", "w") as fh:
         json.dump(result, fh)
     os.replace(path + ".tmp", path)
-    print(f"{method} lr={lr:g} seed={seed}: {result['final']:.4f} "
+    print(f"{method} {options or ''} lr={lr:g} seed={seed} steps={steps}: {result['final']:.4f} "
           f"({result['seconds']:.0f} s)", flush=True)
     return result
+
+
+def captured_energy(opt: torch.optim.Optimizer, rank: int) -> tuple[float, float, float]:
+    """Mean over the projected matrices of the share of the gradient's squared norm that
+    (1) the basis used at this step keeps, ‖proj(G)‖²/‖G‖² (GaLore discards the rest), and
+    (2, 3) the best rank-r and rank-2r subspaces would keep (top singular values' share):
+    call after ``opt.step()``, while ``.grad`` still holds this step's gradient."""
+    kept, best, best2 = [], [], []
+    for group in opt.param_groups:
+        for p in group["params"]:
+            view = opt.matrix_view(p, group) if p.grad is not None else None
+            if view is None:
+                continue
+            g = p.grad.reshape(view.m, view.n)
+            total = float(g.square().sum())
+            low = project(g, {"P": opt.state[p]["proj.P"]}, view.side)
+            sv2 = torch.linalg.svdvals(g).square()
+            kept.append(float(low.square().sum()) / total)
+            best.append(float(sv2[:rank].sum()) / total)
+            best2.append(float(sv2[: 2 * rank].sum()) / total)
+    return tuple(sum(x) / len(x) for x in (kept, best, best2))
+
+
+def update_share(weights: list[torch.Tensor], before: list[torch.Tensor], rank: int) -> float:
+    """Mean over the attention/MLP weights of the share of this step's update ΔW = W − W_before
+    that lies in the top-r singular subspace of this step's gradient, on GaLore's "std" side
+    (right singular vectors when m ≥ n, else left). GaLore's update lies (almost) all in its
+    basis; this measures how much of AdamW's does."""
+    shares = []
+    for w, w0 in zip(weights, before):
+        delta, g = (w.detach() - w0).double(), w.grad.double()
+        u, _, vh = torch.linalg.svd(g, full_matrices=False)
+        inside = delta @ vh[:rank].T if g.shape[0] >= g.shape[1] else u[:, :rank].T @ delta
+        shares.append(float(inside.square().sum() / delta.square().sum()))
+    return sum(shares) / len(shares)
 
 
 class Runner:
@@ -127,16 +234,28 @@ class Runner:
         self.pool = ProcessPoolExecutor(max_workers=args.jobs)
         os.makedirs(os.path.join(args.out_dir, "runs"), exist_ok=True)
 
-    def submit(self, method: str, lr: float, seed: int, base_lr: float):
+    def submit(self, method: str, lr: float, seed: int, base_lr: float, *,
+               steps: int | None = None, gap: int | None = None, rank: int | None = None,
+               options: dict | None = None):
+        """One run; ``steps``, ``gap``, ``rank`` default to the command line's."""
         a = self.args
-        gap = a.proj_gap if method in ("galore", "fira", "frugal") else 0
-        name = f"{method}_lr{lr:g}_seed{seed}_steps{a.steps}"
+        steps = a.steps if steps is None else steps
+        rank = a.rank if rank is None else rank
+        gap = (a.proj_gap if gap is None else gap) if method in PROJECTED else 0
+        name = f"{method}_lr{lr:g}_seed{seed}_steps{steps}"
         name += f"_gap{gap}_base{base_lr:g}" if method in ("galore", "fira") else ""
         name += f"_gap{gap}" if method == "frugal" else ""
-        name += f"_r{a.rank}" if a.rank != 16 and method != "adamw" and method != "lisa" else ""
+        name += f"_r{rank}" if rank != 16 and method in PROJECTED else ""
+        for key, value in sorted((options or {}).items()):
+            value = "+".join(value) if isinstance(value, (tuple, list)) else value
+            name += f"_{key}-{value}"
         path = os.path.join(a.out_dir, "runs", name + ".json")
-        return self.pool.submit(train, method, lr, seed, a.steps, a.eval_every, base_lr, gap,
-                                a.rank, path)
+        return self.pool.submit(train, method, lr, seed, steps, a.eval_every, base_lr, gap,
+                                rank, path, options)
+
+
+def label(name: str) -> str:
+    return VARIANTS[name][2] if name in VARIANTS else LABELS[name]
 
 
 def best(runs: list[dict]) -> dict:
@@ -154,10 +273,11 @@ def plot(summary: dict, path: str) -> None:
         runs = entry["final_runs"]
         steps = [s for s, _ in runs[0]["curve"]]
         mean = [sum(r["curve"][i][1] for r in runs) / len(runs) for i in range(len(steps))]
-        rate = "lr·α" if m in ("galore", "fira") else "lr"  # the swept, effective rate
-        label = f"{LABELS[m]} ({rate} {entry['best_lr']:g})"
+        method = VARIANTS[m][0] if m in VARIANTS else m
+        rate = "lr·α" if method in ("galore", "fira") else "lr"  # the swept, effective rate
+        name = f"{label(m)} ({rate} {entry['best_lr']:g})"
         for a in (ax, axz):
-            (line,) = a.plot(steps, mean, label=label)
+            (line,) = a.plot(steps, mean, label=name)
             for r in runs:  # thin lines: the individual seeds
                 a.plot(steps, [v for _, v in r["curve"]], color=line.get_color(), lw=0.5,
                        alpha=0.4)
@@ -181,51 +301,137 @@ def plot(summary: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def sweep_and_rerun(runner: Runner, rows: dict[str, tuple[str, dict]], lrs: list[float],
+                    seeds: list[int]) -> dict:
+    """The equal protocol for every row ``name -> (method, options)``: the ``lrs`` sweep on
+    seed 0, then the best lr on ``seeds``. AdamW first: its best lr is the rate of
+    GaLore's/Fira's non-projected parameters."""
+    def submit(name: str, lr: float, seed: int, base_lr: float):
+        method, options = rows[name]
+        return runner.submit(method, lr, seed, base_lr, options=options)
+
+    needs_base = {n for n, (m, _) in rows.items() if m in ("galore", "fira")}
+    sweep = {n: [submit(n, lr, 0, 0.0) for lr in lrs] for n in rows if n not in needs_base}
+    base_lr = best([f.result() for f in sweep["adamw"]])["lr"] if "adamw" in sweep else 1e-3
+    sweep |= {n: [submit(n, lr, 0, base_lr) for lr in lrs] for n in needs_base}
+    finals = {}
+    for n in rows:
+        lr = best([f.result() for f in sweep[n]])["lr"]
+        finals[n] = [submit(n, lr, s, base_lr) for s in seeds]
+    out = {"base_lr": base_lr, "methods": {}}
+    for n in rows:
+        runs = [f.result() for f in finals[n]]
+        out["methods"][n] = {
+            "sweep": {r["lr"]: r["final"] for r in (f.result() for f in sweep[n])},
+            "best_lr": runs[0]["lr"], "final_runs": runs,
+            "mean_final": sum(r["final"] for r in runs) / len(runs),
+        }
+    return out
+
+
+def run_ablations(runner: Runner, base_lr: float, rows: dict[str, tuple[str, dict]],
+                  results: dict) -> list[dict]:
+    """``ABLATIONS``, each next to AdamW (protocol lr) on the same seeds and steps."""
+    jobs = []
+    for spec in ABLATIONS:
+        if "row" in spec:  # a main-table row at its best lr
+            if spec["row"] not in rows:
+                continue
+            method, options = rows[spec["row"]]
+            spec = {**spec, "label": f"{label(spec['row'])}{spec['label'][len(spec['row']):]}",
+                    "method": method, "options": options,
+                    "lr": results[spec["row"]]["best_lr"]}
+        method, lr = spec["method"], spec["lr"]
+        kw = {k: spec[k] for k in ("steps", "gap", "rank", "options") if k in spec}
+        runs = [runner.submit(method, lr, s, base_lr, **kw) for s in spec["seeds"]]
+        refs = [runner.submit("adamw", base_lr, s, 0.0, steps=spec.get("steps"))
+                for s in spec["seeds"]]
+        jobs.append((spec, runs, refs))
+    rows = []
+    for spec, runs, refs in jobs:
+        runs, refs = [f.result() for f in runs], [f.result() for f in refs]
+        rows.append({**spec, "finals": [r["final"] for r in runs],
+                     "adamw": [r["final"] for r in refs],
+                     "vs_adamw": [r["final"] / a["final"] - 1 for r, a in zip(runs, refs)],
+                     "runs": runs})
+    return rows
+
+
+def plot_energy(ablations: list[dict], path: str) -> None:
+    """The probe rows: the share of each gradient GaLore's current basis keeps, what the best
+    rank-r and rank-2r subspaces of the same gradient hold, and the share of AdamW's update
+    inside the gradient's top-r subspace."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept = [row for row in ablations if "probe" in row["runs"][0]]
+    update = [row for row in ablations if "probe_update" in row["runs"][0]]
+    if not kept and not update:
+        return
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for row in kept:
+        steps, share, top, top2 = zip(*row["runs"][0]["probe"])
+        r = row["runs"][0]["rank"]
+        ax.plot(steps, share, lw=0.8, label=f"gradient kept by GaLore's basis (r = {r})")
+        ax.plot(steps, top, "k--", lw=1, label=f"gradient in its best rank-{r} subspace")
+        ax.plot(steps, top2, "k:", lw=1, label=f"gradient in its best rank-{2 * r} subspace")
+    for row in update:
+        steps, share = zip(*row["runs"][0]["probe_update"])
+        r = row["runs"][0]["rank"]
+        ax.plot(steps, share, lw=0.8, color="tab:red",
+                label=f"AdamW's update in the gradient's best rank-{r} subspace")
+    ax.set_xlabel("step")
+    ax.set_ylabel("share of the squared norm\n(mean over the 8 attention/MLP matrices)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("stdlib_lm, seed 0, 1,000 steps: the gradient is low-rank, AdamW's update is not")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join((*METHODS, *VARIANTS)),
+                        help="rows of the main table: methods and VARIANTS")
     parser.add_argument("--lrs", default="2e-3,4e-3,8e-3,1.6e-2",
                         help="swept rates (GaLore/Fira: lr * scale)")
     parser.add_argument("--final-seeds", default="0,1,2")
     parser.add_argument("--rank", type=int, default=16,
                         help="GaLore/Fira rank; FRUGAL density rank/d")
     parser.add_argument("--proj-gap", type=int, default=50, help="T of GaLore, Fira, FRUGAL")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also run ABLATIONS (outside the equal budget)")
     parser.add_argument("--jobs", type=int, default=5, help="runs in parallel, 1 thread each")
     parser.add_argument("--out-dir", default="lowrank_quality")
     args = parser.parse_args()
-    methods = sorted(args.methods.split(","), key=lambda m: METHODS.index(m) if m in METHODS
-                     else len(METHODS))  # the table's order; unknown names fail in build()
+    order = (*METHODS, *VARIANTS)
+    names = sorted(args.methods.split(","), key=lambda m: order.index(m) if m in order
+                   else len(order))  # the table's order
+    rows = {}
+    for name in names:
+        if name not in order:
+            raise ValueError(f"unknown method {name!r}; choose from {order}")
+        rows[name] = VARIANTS[name][:2] if name in VARIANTS else (name, {})
     lrs = [float(x) for x in args.lrs.split(",")]
     seeds = [int(s) for s in args.final_seeds.split(",")]
     runner = Runner(args)
-
-    # AdamW first: its best lr is the rate of GaLore's/Fira's non-projected parameters
-    sweep = {m: [runner.submit(m, lr, 0, 0.0) for lr in lrs]
-             for m in ("adamw", "lisa", "frugal") if m in methods}
-    base_lr = best([f.result() for f in sweep["adamw"]])["lr"] if "adamw" in sweep else 1e-3
-    for m in methods:
-        if m in ("galore", "fira"):
-            sweep[m] = [runner.submit(m, lr, 0, base_lr) for lr in lrs]
-    finals = {}
-    for m in methods:
-        runs = [f.result() for f in sweep[m]]
-        lr = best(runs)["lr"]
-        finals[m] = [runner.submit(m, lr, s, base_lr) for s in seeds]
-    summary = {"steps": args.steps, "seeds": seeds, "lrs": lrs, "base_lr": base_lr,
-               "proj_gap": args.proj_gap, "methods": {}}
-    for m in methods:
-        runs = [f.result() for f in finals[m]]
-        summary["methods"][m] = {
-            "sweep": {r["lr"]: r["final"] for r in (f.result() for f in sweep[m])},
-            "best_lr": runs[0]["lr"], "final_runs": runs,
-            "mean_final": sum(r["final"] for r in runs) / len(runs),
-        }
+    result = sweep_and_rerun(runner, rows, lrs, seeds)
+    summary = {"steps": args.steps, "seeds": seeds, "lrs": lrs, "base_lr": result["base_lr"],
+               "proj_gap": args.proj_gap, "methods": result["methods"]}
+    if args.ablations:
+        summary["ablations"] = run_ablations(runner, result["base_lr"], rows,
+                                             result["methods"])
     runner.pool.shutdown()
     with open(os.path.join(args.out_dir, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     plot(summary, os.path.join(args.out_dir, "curves.png"))
+    if args.ablations:
+        plot_energy(summary["ablations"], os.path.join(args.out_dir, "galore_energy.png"))
 
     ref = summary["methods"].get("adamw", {}).get("mean_final")
     print("| method | " + " | ".join(f"{x:g}" for x in lrs) + " | best lr | seeds | vs AdamW |")
@@ -233,8 +439,13 @@ def main() -> None:
     for m, e in summary["methods"].items():
         finals_s = " / ".join(f"{r['final']:.3f}" for r in e["final_runs"])
         rel = f"{100 * (e['mean_final'] / ref - 1):+.1f}%" if ref else ""
-        print(f"| {LABELS[m]} | " + " | ".join(f"{e['sweep'][x]:.3f}" for x in lrs)
+        print(f"| {label(m)} | " + " | ".join(f"{e['sweep'][x]:.3f}" for x in lrs)
               + f" | {e['best_lr']:g} | {finals_s} (mean {e['mean_final']:.3f}) | {rel} |")
+    for row in summary.get("ablations", []):
+        finals_s = " / ".join(f"{x:.3f}" for x in row["finals"])
+        rel = ", ".join(f"{100 * x:+.1f}%" for x in row["vs_adamw"])
+        print(f"| {row['label']} | seeds {row['seeds']} | {row.get('steps', args.steps)} steps"
+              f" | {finals_s} | {rel} |")
 
 
 if __name__ == "__main__":

@@ -92,13 +92,13 @@ def test_per_layer_lowers_live_gradients_to_one_parameter() -> None:
     assert _live_grad_peak(_model(), per_layer=True) == max(sizes)
 
 
-def _lisa(seed=0):
+def _lisa(seed=0, free_state=True):
     torch.manual_seed(0)
     blocks = torch.nn.ModuleList(torch.nn.Linear(6, 6) for _ in range(4))
     head = torch.nn.Linear(6, 2)
     params = [p for b in blocks for p in b.parameters()] + list(head.parameters())
     opt = LISA(torch.optim.AdamW(params, lr=1e-2), [list(b.parameters()) for b in blocks],
-               n_active=1, period=3, seed=seed)  # fmt: skip
+               n_active=1, period=3, seed=seed, free_state=free_state)  # fmt: skip
     return blocks, head, opt
 
 
@@ -148,9 +148,40 @@ def test_lisa_trains_sampled_layers_frees_state_and_resumes() -> None:
         assert torch.equal(a, b)
 
 
+def test_lisa_keep_state_resumes_stale_moments() -> None:
+    """free_state=False (LMFlow's requires_grad callback): a frozen layer keeps its moments
+    untouched, and when re-drawn AdamW continues from them (its step count goes on)."""
+    blocks, head, opt = _lisa(free_state=False)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    frozen_at: dict[int, tuple[int, torch.Tensor]] = {}
+    redrawn = 0
+    for _ in range(30):
+        active = opt.active_layers()
+        for i in active:
+            if i in frozen_at:  # re-drawn: the kept state is exactly what it left with
+                count, exp_avg = frozen_at.pop(i)
+                st = opt.state[blocks[i].weight]
+                assert int(st["step"]) == count and torch.equal(st["exp_avg"], exp_avg)
+                redrawn += 1
+        _lisa_step(blocks, head, opt, x)
+        for i, b in enumerate(blocks):
+            if i not in opt.active_layers() and b.weight in opt.state and i not in frozen_at:
+                st = opt.state[b.weight]
+                frozen_at[i] = (int(st["step"]), st["exp_avg"].clone())
+    assert redrawn > 0
+    # with the default, the same schedule leaves no state on any frozen layer
+    blocks, head, opt = _lisa()
+    for _ in range(30):
+        _lisa_step(blocks, head, opt, x)
+    active = opt.active_layers()
+    assert all(b.weight not in opt.state for i, b in enumerate(blocks) if i not in active)
+
+
 def test_lisa_bad_input() -> None:
     p = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(ValueError, match=r"n_active must be <= 1 layers \(got 2\)"):
         LISA(torch.optim.SGD([p], lr=0.1), [[p]], n_active=2)
     with pytest.raises(ValueError, match="does not"):
         LISA(torch.optim.SGD([p], lr=0.1), [[torch.nn.Parameter(torch.zeros(1))]], n_active=1)
+    with pytest.raises(TypeError, match="free_state must be True or False"):
+        LISA(torch.optim.SGD([p], lr=0.1), [[p]], n_active=1, free_state=0)

@@ -6,9 +6,13 @@ every K steps, while the always-active parameters (embeddings, head) train every
 At steps 0, K, 2K, ... it draws γ of the ``layers`` (lists of parameters) from
 ``generator_for(cpu, seed, period index)``, sets ``requires_grad=False`` on the others (no
 gradient is computed or stored for them) and deletes their optimizer state (the memory
-saving; a re-activated layer starts with fresh moments, as in the official LMFlow callback,
-which rebuilds the optimizer). Defaults from the paper: γ = 2, K = 20 (LMFlow
-``lisa_activated_layers=2``, ``lisa_interval_steps=20``).
+saving; a re-activated layer starts with fresh moments, as LMFlow's ``LISATrainer`` does: it
+rebuilds the optimizer at every draw and carries over only the non-layer groups' state).
+``free_state=False`` keeps the frozen layers' state instead, so a re-drawn layer resumes its
+stale moments: LMFlow's first implementation, the ``DynamicLayerActivationCallback`` that only
+flips ``requires_grad`` (torch AdamW never drops state), with no optimizer-memory saving.
+Defaults from the paper: γ = 2, K = 20 (LMFlow ``lisa_activated_layers=2``,
+``lisa_interval_steps=20``).
 
 The wrapper's own state (its step counter) is one tensor in the ``"wrappers"`` entry of the
 state dict, so a resumed run draws the same layers.
@@ -40,6 +44,8 @@ class LISA(OptimizerWrapper):
         n_active: γ, layers trained per period.
         period: K, steps between draws.
         seed: keys the draws (with the period index).
+        free_state: delete a frozen layer's optimizer state (default; fresh moments when it
+            is re-drawn), or keep it (stale moments resume; no memory saving).
 
     Example:
         >>> blocks = [torch.nn.Linear(8, 8) for _ in range(4)]
@@ -56,6 +62,7 @@ class LISA(OptimizerWrapper):
         n_active: int = 2,
         period: int = 20,
         seed: int = 0,
+        free_state: bool = True,
     ) -> None:
         super().__init__(optimizer)
         self.layers = [list(layer) for layer in layers]
@@ -66,11 +73,14 @@ class LISA(OptimizerWrapper):
             raise ValueError(f"n_active must be <= {len(self.layers)} layers (got {n_active})")
         check_int("period", period, 1)
         check_int("seed", seed, 0)
+        if not isinstance(free_state, bool):
+            raise TypeError(f"free_state must be True or False (got {free_state!r})")
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
         for i, layer in enumerate(self.layers):
             if any(id(p) not in owned for p in layer):
                 raise ValueError(f"layer {i} holds a parameter the optimizer does not")
         self.n_active, self.period, self.seed = n_active, period, seed
+        self.free_state = free_state
         self.lisa_step = 0
         self._activate()
 
@@ -86,7 +96,8 @@ class LISA(OptimizerWrapper):
                 p.requires_grad_(i in active)
                 if i not in active:
                     p.grad = None
-                    self.optimizer.state.pop(p, None)
+                    if self.free_state:
+                        self.optimizer.state.pop(p, None)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = super().step(closure)
