@@ -23,8 +23,8 @@ from pathlib import Path
 __all__ = ["build", "compiler"]
 
 
-def compiler() -> str | None:
-    """The first C compiler that answers ``--version``, or None."""
+def compiler() -> tuple[str, str] | None:
+    """The first C compiler that answers ``--version``, and that answer; or None."""
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if not name:
             continue
@@ -33,7 +33,7 @@ def compiler() -> str | None:
         except (OSError, subprocess.SubprocessError):
             continue
         if out.returncode == 0:
-            return name
+            return name, out.stdout
     return None
 
 
@@ -58,12 +58,12 @@ def build(
     ``fallback`` (what runs instead) when there is no compiler or the build fails."""
     if platform.system() == "Windows":
         return None
-    cc = compiler()
-    if cc is None:
+    found = compiler()
+    if found is None:
         warnings.warn(f"optforge: no C compiler found; {fallback}", RuntimeWarning, stacklevel=3)
         return None
+    cc, version = found
     text = source.read_bytes()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
         b"\0".join([text, " ".join([*flags, *optional]).encode(), version.encode(),
                     _cpu_id().encode()])

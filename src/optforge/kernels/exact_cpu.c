@@ -195,11 +195,18 @@ void sgd_momentum(int64_t n, const int64_t* numel, const int64_t* first, void* c
 
 /* 1 if any element of x[0..n) has an all-ones exponent (an infinity or a NaN). Integer
  * compares and an OR, no float arithmetic: the loop vectorizes without reassociating
- * anything, and the answer is exact for every value. */
+ * anything, and the answer is exact for every value. The range is read as STREAMS
+ * interleaved sub-ranges: one core's read bandwidth grows with the streams in flight (a
+ * single stream read at ~0.7x the bytes/s of Lion's five [measured, 31M fp32, 1 thread]). */
+#define STREAMS 4
 #define NONFINITE(NAME, T, EXP)                                                     \
     static int NAME(const T* restrict x, int64_t n) {                               \
+        const int64_t q = n / STREAMS;                                              \
         T acc = 0;                                                                  \
-        for (int64_t j = 0; j < n; j++) acc |= (T)((x[j] & (EXP)) == (EXP));         \
+        for (int64_t j = 0; j < q; j++)                                             \
+            for (int s = 0; s < STREAMS; s++)                                       \
+                acc |= (T)((x[j + s * q] & (EXP)) == (EXP));                        \
+        for (int64_t j = STREAMS * q; j < n; j++) acc |= (T)((x[j] & (EXP)) == (EXP)); \
         return acc != 0;                                                            \
     }
 NONFINITE(nonfinite16_bf, uint16_t, (uint16_t)0x7f80u)
