@@ -383,6 +383,15 @@ def _groups(
     tensor_lists: Sequence[Sequence[Tensor]],
 ) -> dict[tuple[torch.device, torch.dtype, tuple[torch.dtype, ...]], list[int]]:
     """Indices grouped by the first list's device and every list's dtype, in order."""
+    # The common case first, one set per list instead of a key per entry: this runs at every
+    # step over every tensor (~0.4 ms of Python per step on 308 tensors otherwise).
+    dtypes = [{t.dtype for t in lst} for lst in tensor_lists]
+    if tensor_lists[0] and all(len(d) == 1 for d in dtypes):
+        devices = {t.device for t in tensor_lists[0]}
+        if len(devices) == 1:
+            first = tensor_lists[0][0]
+            key = (first.device, first.dtype, tuple(lst[0].dtype for lst in tensor_lists))
+            return {key: list(range(len(tensor_lists[0])))}
     groups: dict[tuple[torch.device, torch.dtype, tuple[torch.dtype, ...]], list[int]] = {}
     for i, tensors in enumerate(zip(*tensor_lists)):
         first = tensors[0]
