@@ -126,13 +126,14 @@ def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-#: per kernel: the hyperparameter names its rule takes (besides inv_grad_scale), the number of
-#: tensor lists, and the flags among the names
+#: per kernel: the hyperparameter names its rule takes (besides inv_grad_scale) and the number
+#: of tensor lists; any other set of names (a rule or caller it was not written for) falls back
 _LION = ({"lr", "beta1", "beta2", "weight_decay", "maximize"}, 3)
 _ADAMW = ({"lr", "beta1", "beta2", "eps", "weight_decay", "maximize", "bias_correction1",
            "bias_correction2"}, 4)
 _ADAM_INNER = ({"beta1", "beta2", "eps", "bias_correction1", "bias_correction2"}, 4)
 _SGD = ({"lr", "weight_decay", "maximize", "momentum", "dampening", "nesterov"}, 3)
+#: the boolean hyperparameters (code paths); every other one must be a Python number
 _FLAGS_NAMES = ("maximize", "nesterov")
 
 
