@@ -122,8 +122,21 @@ def _run_both(rule, n_state, hyper, shapes, steps, seed):
     return got, ref
 
 
-@pytest.mark.parametrize("rule,n_state,hyper", [c[:3] for c in CASES], ids=[c[3] for c in CASES])
-def test_every_rule_and_flag_equals_the_loop_bit_for_bit(rule, n_state, hyper, threads, calls):
+#: the flag matrix runs on one thread by default; on two threads for a case of each rule
+#: (the whole matrix on two threads: ``-m slow``)
+TWO_THREADS = {"lion-max1-wd0.1-scaled", "adamw-max1-wd0.1-scaled", "adam_inner",
+               "sgd-nest1-damp0.0-mom0.9-max1-wd0.1-scaled"}
+MATRIX = [
+    pytest.param(*c[:3], n, id=f"{c[3]}-{n}thread",
+                 marks=[pytest.mark.slow] if n == 2 and c[3] not in TWO_THREADS else [])
+    for c in CASES for n in (1, 2)
+]
+
+
+@pytest.mark.parametrize("rule,n_state,hyper,n_threads", MATRIX)
+def test_every_rule_and_flag_equals_the_loop_bit_for_bit(rule, n_state, hyper, n_threads, calls,
+                                                         monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: n_threads)  # what the kernel is given
     got, ref = _run_both(rule, n_state, hyper, MIXED, steps=3, seed=1)
     _assert_bits_equal(got, ref)
     assert calls == [len(MIXED)] * 3  # one call per step for the whole list
@@ -224,6 +237,26 @@ def test_what_it_cannot_serve_falls_back(calls) -> None:
     assert calls == [2]
 
 
+def test_complex_parameters_run_as_their_real_view(calls) -> None:
+    """The dispatch hands complex tensors over as ``view_as_real`` (fp32, contiguous), as it
+    does to the loop: the kernel serves them, with the loop's bits."""
+    shapes = [(3, 4), (17,)]
+    runs = []
+    for backend in ("loop", "auto"):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, dtype=torch.complex64, generator=gen))
+                  for s in shapes]
+        opt = Lion(params, lr=1e-2, weight_decay=0.1, backend=backend)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn(p.shape, dtype=torch.complex64, generator=gen)
+            opt.step()
+        runs.append([torch.view_as_real(p.detach()) for p in params]
+                    + [torch.view_as_real(opt.state[p]["exp_avg"]) for p in params])
+    _assert_bits_equal([runs[1]], [runs[0]])
+    assert calls == [2, 2]
+
+
 def test_without_a_compiler_auto_takes_the_eager_tier(monkeypatch) -> None:
     monkeypatch.setattr(exact_cpu, "_load", lambda: None)
     assert resolve_backend("auto", lion_rule, CPU, torch.float32) == "foreach"
@@ -253,11 +286,13 @@ def test_all_finite_answers_as_isfinite(dtype, threads) -> None:
         # the ends, the middle, and the edges of the C loop's four interleaved read streams
         for pos in sorted({0, n // 4 - 1, n // 4, n // 2, 3 * n // 4, n - 1} - {-1}):
             for bad in (float("inf"), -float("inf"), float("nan")):
-                tensors = [t.clone() for t in base]
-                tensors[k][pos] = bad
-                finite, rest = exact_cpu.all_finite(tensors)
+                kept = base[k][pos].clone()
+                base[k][pos] = bad
+                finite, rest = exact_cpu.all_finite(base)
                 assert not finite and rest == [], (n, pos, bad)
-                assert not bool(all_finite(tensors))
+                assert not bool(all_finite(base))
+                base[k][pos] = kept
+    assert exact_cpu.all_finite(base) == (True, [])
     big = torch.full((9,), torch.finfo(dtype).max, dtype=dtype)  # a sum would overflow
     assert exact_cpu.all_finite([big]) == (True, [])
 
