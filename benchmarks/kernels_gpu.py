@@ -27,7 +27,7 @@ import torch
 #: "cuda", or "cpu" for --dry-run
 DEVICE = "cuda"
 
-BYTES = {"adamw": 28, "lion": 20, "sgd": 20, "lamb": 40, "adamw8bit": 16.0625}
+BYTES = {"adamw": 28, "adam_inner": 24, "lion": 20, "sgd": 20, "lamb": 40, "adamw8bit": 16.0625}
 
 
 def bench(fn) -> float:
@@ -86,11 +86,11 @@ def main() -> None:
         raise SystemExit("kernels_gpu.py needs a CUDA device (or --dry-run)")
 
     from optforge.kernels.triton import register
-    from optforge.kernels.triton.adam import adamw_
+    from optforge.kernels.triton.adam import adam_inner_, adamw_
     from optforge.kernels.triton.lamb import lamb_
     from optforge.kernels.triton.lion import lion_
     from optforge.kernels.triton.sgd import sgd_momentum_
-    from optforge.optim.adamw import adamw_rule
+    from optforge.optim.adamw import adam_inner_rule, adamw_rule
     from optforge.optim.lamb import lamb_rule
     from optforge.optim.lion import lion_rule
 
@@ -115,6 +115,10 @@ def main() -> None:
     check("adamw", adamw_rule, adam_lists(small, 3), adam_h, adamw_)
     check("lion", lion_rule, [tensors(small, 3) for _ in range(3)], lion_h, lion_)
     check("lamb", lamb_rule, adam_lists(small, 3), lamb_h, lamb_)
+    # the low-rank inner Adam: (update, m, v, projected gradient), Adam's direction only
+    inner_h = {k: adam_h[k] for k in ("beta1", "beta2", "eps", "bias_correction1",
+                                      "bias_correction2")}  # fmt: skip
+    check("adam_inner", adam_inner_rule, adam_lists(small, 3), inner_h, adam_inner_)
 
     rows = []
 
@@ -156,7 +160,24 @@ def main() -> None:
         print("lion-pytorch not installed: its rows are skipped")
     row("SGD momentum fp32", "optforge triton",
         bench(lambda: sgd_momentum_(lists, sgd_h)), 20, n)  # fmt: skip
+    # optforge.optim.SGD (auto: the kernel above, through the class) against torch's SGD
+    from optforge.optim import SGD
+
+    params = [torch.nn.Parameter(t) for t in lists[0]]
+    for p, g in zip(params, lists[2]):
+        p.grad = g
+    for label, make in (
+        ("optforge.optim.SGD", lambda: SGD(params, lr=1e-4, momentum=0.9, check_finite=False)),
+        ("torch fused", lambda: torch.optim.SGD(params, lr=1e-4, momentum=0.9, fused=True)),
+        ("torch foreach", lambda: torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)),
+    ):
+        opt = make()
+        opt.step()
+        row("SGD momentum fp32, class", label, bench(opt.step), 20, n)
+    del params, opt
     lists = adam_lists(n, 10)
+    row("Adam inner (low-rank) fp32", "optforge triton",
+        bench(lambda: adam_inner_(lists, inner_h)), BYTES["adam_inner"], n)  # fmt: skip
     row("LAMB fp32", "optforge triton", bench(lambda: lamb_(lists, lamb_h)), 40, n)
     from optforge.optim import AdamW8bit
 

@@ -13,7 +13,8 @@ pytest.importorskip("triton", reason="Triton (the 'triton' extra) is not install
 
 from optforge.kernels import apply_rule_, check_backend, resolve_backend  # noqa: E402
 from optforge.kernels.triton import available, register, register_if_available  # noqa: E402
-from optforge.optim import LAMB, AdamW, AdamW8bit, Lion, Lion8bit  # noqa: E402
+from optforge.lowrank import GaLoreAdamW, ProjectedOptimizer  # noqa: E402
+from optforge.optim import LAMB, SGD, AdamW, AdamW8bit, Lion, Lion8bit  # noqa: E402
 from optforge.optim.adamw import adam_inner_rule, adamw_master_rule, adamw_rule  # noqa: E402
 from optforge.optim.eightbit import adamw8bit_rule, lion8bit_rule  # noqa: E402
 from optforge.optim.lamb import lamb_rule  # noqa: E402
@@ -28,8 +29,8 @@ RULES = {
     lamb_rule: LAMB,
     adamw8bit_rule: AdamW8bit,
     lion8bit_rule: Lion8bit,
-    adam_inner_rule: None,  # low-rank inner Adam: lowrank/ calls adam_direction per tensor
-    sgd_momentum_rule: None,  # no SGD optimizer class runs this rule
+    adam_inner_rule: ProjectedOptimizer,  # every low-rank class: GaLore, Fira, FRUGAL, ...
+    sgd_momentum_rule: SGD,  # momentum != 0
 }
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -57,7 +58,7 @@ def test_auto_picks_the_triton_kernel_on_cuda_for_every_rule(cuda_present) -> No
             assert resolve_backend("auto", rule, torch.device("cpu"), dtype) != "triton"
 
 
-@pytest.mark.parametrize("cls", [c for c in RULES.values() if c is not None])
+@pytest.mark.parametrize("cls", sorted(set(RULES.values()), key=lambda c: c.__name__))
 def test_the_optimizer_classes_run_these_rules(cls) -> None:
     """The classes dispatch the very rule objects the kernels are registered for."""
     assert any(rule in cls.rules for rule in RULES)
@@ -74,8 +75,9 @@ def test_without_triton_nothing_registers_and_triton_is_refused(monkeypatch) -> 
     for rule in RULES:
         assert resolve_backend("auto", rule, torch.device("cpu"), torch.float32) != "triton"
     p = [torch.nn.Parameter(torch.zeros(3))]
-    for cls in (AdamW, Lion, AdamW8bit):
-        opt = cls(p, backend="triton")
+    for cls, kw in ((AdamW, {}), (Lion, {}), (AdamW8bit, {}), (SGD, {"momentum": 0.9}),
+                    (GaLoreAdamW, {})):  # fmt: skip
+        opt = cls(p, backend="triton", **kw)
         p[0].grad = torch.ones(3)
         with pytest.raises(RuntimeError, match="Triton is installed and a CUDA device"):
             opt.step()

@@ -62,6 +62,26 @@ def test_quantize_equals_the_eager_quantizer(n: int, signed: bool) -> None:
     assert torch.equal(codes, ref_codes) and torch.equal(absmax, ref_absmax)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_quantize_non_finite_blocks_equal_the_eager_quantizer(signed: bool) -> None:
+    """A block with an inf (absmax inf: y = x * 0) or a NaN of either sign (absmax NaN: y = x,
+    values above 1 included) takes the kernel's per-block path; its codes must still be the
+    eager quantizer's."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5 * BLOCK + 7, generator=gen) * 3.0
+    x = x if signed else x.abs()
+    x[3], x[BLOCK + 9] = float("inf"), -float("inf") if signed else float("inf")
+    x[2 * BLOCK + 1] = float("nan")
+    x[3 * BLOCK + 2] = -float("nan")  # the sign bit set
+    x[4 * BLOCK : 5 * BLOCK] = 0.0  # and an all-zero block
+    x[5 * BLOCK + 3] = float("nan")  # the partial block
+    codes, absmax = eightbit_cpu.quantize(x, signed)
+    ref_codes, ref_absmax = quantize_blockwise(x, signed)
+    assert torch.equal(codes, ref_codes)
+    assert torch.equal(absmax.nan_to_num(), ref_absmax.nan_to_num())
+    assert torch.equal(absmax.isnan(), ref_absmax.isnan())
+
+
 def _model(dtype: torch.dtype, seed: int = 0) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
     sizes = [1, BLOCK - 1, BLOCK, BLOCK + 1, 4099, 10_007]
@@ -74,9 +94,9 @@ def _grads(params: list[torch.nn.Parameter], step: int) -> None:
         p.grad = (torch.randn(p.shape, generator=gen) * 1e-2).to(p.dtype)
 
 
-def _run(cls, dtype, steps, backend=None, **kw):
+def _run(cls, dtype, steps, backend=None, min_8bit_size_=1, **kw):
     params = _model(dtype)
-    opt = cls(params, min_8bit_size=1, backend=backend, **kw)
+    opt = cls(params, min_8bit_size=min_8bit_size_, backend=backend, **kw)
     for t in range(steps):
         _grads(params, t)
         opt.step()
@@ -107,6 +127,40 @@ def test_default_path_is_bit_identical_to_the_eager_rule(cls, kw, dtype) -> None
     eager = _run(cls, dtype, 4, backend="loop", **kw)
     _assert_same(*fast, *eager)
     assert fast[1].state[fast[0][-1]]["exp_avg"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kw", [{"weight_decay": 0.1}, {"lr": 3e-2, "maximize": True}])
+def test_fp32_state_tensors_take_the_c_loop_bit_identically(dtype, kw, monkeypatch) -> None:
+    """Tensors under min_8bit_size keep fp32 moments; under auto on CPU the C loop serves
+    them too (``adamw32``), bit-identical to the eager rule."""
+    served = []
+    real_run = eightbit_cpu.run
+
+    def spy(name, lists, hyper):
+        rest = real_run(name, lists, hyper)
+        served.append((name, len(lists[0]) - len(rest)))
+        return rest
+
+    monkeypatch.setattr(eightbit_cpu, "run", spy)
+    fast = _run(AdamW8bit, dtype, 3, min_8bit_size_=300, **kw)
+    eager = _run(AdamW8bit, dtype, 3, backend="loop", min_8bit_size_=300, **kw)
+    _assert_same(*fast, *eager)
+    assert ("adamw32", 4) in served and ("adamw8bit", 2) in served  # 1, 255, 256, 257 | rest
+    assert fast[1].state[fast[0][0]]["exp_avg"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_counts_split_the_blocks_without_changing_results(threads: int) -> None:
+    """AdamW's loop requantizes each block inside the next block's loop, per thread's run of
+    blocks: other thread counts move where the runs (and the pairs) start and end."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = _run(AdamW8bit, torch.float32, 2)
+    finally:
+        torch.set_num_threads(before)
+    _assert_same(*fast, *_run(AdamW8bit, torch.float32, 2, backend="loop"))
 
 
 @pytest.mark.parametrize("cls", [AdamW8bit, Lion8bit])

@@ -249,3 +249,55 @@ def test_bf16_basis_opt_in_halves_basis_bytes_and_follows_fp32_basis() -> None:
     assert 0.999 < cos < 1.0  # close, and not silently the fp32 basis
     with pytest.raises(ValueError, match="proj_dtype and proj_bits"):
         GaLoreAdamW([torch.nn.Parameter(w0)], proj_dtype="bfloat16", proj_bits=8)
+
+
+def test_inner_rule_backends_agree_and_checkpoints_without_them_load() -> None:
+    """The inner Adam runs through ``kernels.apply_rule_`` on the group's backend: loop,
+    foreach and auto (CPU: foreach) give the same bits, and a checkpoint saved before the
+    optimizer took ``foreach``/``fused``/``backend`` loads with the defaults filled in."""
+    runs = []
+    for backend in ("loop", "foreach", "auto"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.Linear(20, 6))
+        opt = GaLoreAdamW(model.parameters(), lr=1e-2, rank=3, update_proj_gap=2,
+                          backend=backend)  # fmt: skip
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        runs.append((list(model.parameters()), opt))
+    for params, opt in runs[1:]:
+        for a, b in zip(params, runs[0][0]):
+            assert torch.equal(a, b)
+            for key, value in runs[0][1].state[b].items():
+                assert torch.equal(opt.state[a][key], value), key
+    params, opt = runs[0]
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        for key in ("foreach", "fused", "backend"):
+            del group[key]
+    fresh = GaLoreAdamW(params, lr=1e-2, rank=3, update_proj_gap=2)
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0]["backend"] is None
+    with pytest.raises(ValueError, match="backend must be one of"):
+        GaLoreAdamW(params, backend="cuda")
+
+
+def test_eager_inner_rule_runs_per_parameter(monkeypatch) -> None:
+    """On the eager paths (CPU ``auto``) each parameter's inner Adam is one call of its own, so
+    no projected gradient waits for the others (peak memory as a per-parameter loop)."""
+    calls = []
+    real = projected_module.apply_rule_
+
+    def spy(rule, lists, hyper, *, backend):
+        calls.append((len(lists[0]), backend))
+        real(rule, lists, hyper, backend=backend)
+
+    monkeypatch.setattr(projected_module, "apply_rule_", spy)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.Linear(20, 6))
+    opt = GaLoreAdamW(model.parameters(), lr=1e-2, rank=3)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape)
+    opt.step()
+    assert calls == [(1, "auto")] * 4

@@ -27,7 +27,7 @@ from torch.testing._internal.common_optimizers import (
     get_error_inputs_for_all_optims,
 )
 
-from optforge.optim import AGVM, LAMB, LARS, GradientNoise, Lion
+from optforge.optim import AGVM, LAMB, LARS, SGD, GradientNoise, Lion
 
 CONSTRUCTION = OptimizerErrorEnum.CONSTRUCTION_ERROR
 STEP = OptimizerErrorEnum.STEP_ERROR
@@ -168,6 +168,53 @@ def optim_error_inputs_func_lion(device: Any, dtype: Any) -> list[ErrorOptimizer
         _construction({"betas": (0.9, -0.1)}, "negative beta2", ValueError, "beta"),
         _construction(
             {"foreach": "yes"}, "foreach must be a bool", (TypeError, ValueError), "foreach"
+        ),
+    ]
+
+
+# -- SGD ----------------------------------------------------------------------------------------
+def optim_inputs_func_sgd(device: Any, dtype: Any = None) -> list[OptimizerInput]:
+    """torch's ``optim_inputs_func_sgd`` without its Tensor lr (rejected, as by every optforge
+    optimizer: see test_tensor_lr), plus dampening with maximize."""
+    return [
+        OptimizerInput(params=None, kwargs={}, desc="default"),
+        OptimizerInput(params=None, kwargs={"lr": 1e-2}, desc="non-default lr"),
+        OptimizerInput(params=None, kwargs={"weight_decay": 0.5}, desc="non-zero weight_decay"),
+        OptimizerInput(params=None, kwargs={"momentum": 0.9}, desc="momentum"),
+        OptimizerInput(
+            params=None, kwargs={"weight_decay": 0.1, "maximize": True}, desc="maximize"
+        ),
+        OptimizerInput(params=None, kwargs={"momentum": 0.9, "dampening": 0.5}, desc="dampening"),
+        OptimizerInput(
+            params=None,
+            kwargs={"momentum": 0.9, "weight_decay": 0.1},
+            desc="weight_decay w/ momentum",
+        ),
+        OptimizerInput(
+            params=None,
+            kwargs={"momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+            desc="nesterov",
+        ),
+        OptimizerInput(
+            params=None,
+            kwargs={"momentum": 0.9, "dampening": 0.5, "maximize": True},
+            desc="dampening, maximize",
+        ),
+    ]
+
+
+def optim_error_inputs_func_sgd(device: Any, dtype: Any) -> list[ErrorOptimizerInput]:
+    return [
+        *_generic_errors(device, dtype, {}),
+        *_forge_errors({}),
+        # torch's own error input, its message included
+        _construction(
+            {"lr": 1e-2, "momentum": -0.5}, "momentum should be between 0 and 1", ValueError,
+            "Invalid momentum value: -0.5",
+        ),
+        _construction(
+            {"nesterov": True}, "nesterov without momentum", ValueError,
+            "Nesterov momentum requires a momentum and zero dampening",
         ),
     ]
 
@@ -361,6 +408,15 @@ FORGE_OPTIM_DB: list[ForgeOptimizerInfo] = [
         supported_impls=("foreach", "fused"),
         supports_fused_on=("cpu", "cuda"),
         # Every flag shipped with optforge's first release: no "older" state_dict lacks one.
+        not_og_supported_flags=(),
+        elementwise=True,
+    ),
+    ForgeOptimizerInfo(
+        SGD,
+        optim_inputs_func=optim_inputs_func_sgd,
+        optim_error_inputs_func=optim_error_inputs_func_sgd,
+        supported_impls=("foreach", "fused"),
+        supports_fused_on=("cpu", "cuda"),
         not_og_supported_flags=(),
         elementwise=True,
     ),

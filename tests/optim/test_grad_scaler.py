@@ -16,7 +16,7 @@ import torch
 
 from optforge.kernels import apply_rule_, unscaled
 from optforge.lowrank import GaLoreAdamW
-from optforge.optim import LAMB, LARS, AdamW, AdamW8bit, Lion, Lion8bit
+from optforge.optim import LAMB, LARS, SGD, AdamW, AdamW8bit, Lion, Lion8bit
 from optforge.optim.adamw import adamw_rule
 from optforge.optim.base import FirstOrderOptimizer
 from optforge.optim.lion import lion_rule
@@ -33,6 +33,7 @@ OPTIMIZERS = {
     "LARS": (LARS, dict(lr=1e-2, momentum=0.9, weight_decay=1e-3)),
     "LAMB": (LAMB, dict(lr=1e-2, weight_decay=0.01)),  # unscaled in place first (see base)
     "GaLoreAdamW": (GaLoreAdamW, dict(lr=1e-2, rank=8, update_proj_gap=3)),  # in place too
+    "SGD": (SGD, dict(lr=1e-2, momentum=0.9, weight_decay=1e-3)),  # in place too (L2 pre-pass)
 }
 # backends per class that run on CPU without compiling ("auto" on CPU: the C loop for 8-bit)
 FAST_BACKENDS = {
@@ -42,7 +43,8 @@ FAST_BACKENDS = {
     "Lion8bit": ("loop", "auto"),
     "LARS": ("loop", "auto"),
     "LAMB": ("loop", "auto"),
-    "GaLoreAdamW": ("auto",),
+    "GaLoreAdamW": ("loop", "auto"),
+    "SGD": ("loop", "foreach", "auto"),
 }
 CASES = [(name, b) for name, backends in FAST_BACKENDS.items() for b in backends]
 

@@ -4,7 +4,7 @@ The contracts are those of ``TestOptimRenewed`` in torch's ``test/test_optim.py`
 with torch; these tests are ours, written from it), driven by the installed
 ``torch.testing._internal.common_optimizers`` machinery: each optimizer is an ``OptimizerInfo``
 (``tests/optim/_torch_contracts_db.py``) with ``optim_inputs_func`` and ``optim_error_inputs_func``
-in torch's convention. Entries: ``Lion``, ``LAMB``, ``LARS``, ``GradientNoise(SGD)``,
+in torch's convention. Entries: ``Lion``, ``SGD``, ``LAMB``, ``LARS``, ``GradientNoise(SGD)``,
 ``AGVM(SGD, start_iter=10**9)`` and torch's ``AdamW`` as a control that must pass every test
 (a failure on an optforge entry alone is then the optimizer's, not the test's).
 

@@ -44,13 +44,12 @@ _FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-er
 #: time) [measured]. Dropped when the compiler does not know the option (clang).
 _GATHER = ("-mtune-ctrl=use_gather",)
 
-#: shared with eightbit_cpu.c: slot 0 holds exponents below E_LO (|y| < 2**-24, below every
-#: midpoint's magnitude), slots 1..24 the exponents E_LO..126 with 8 mantissa bits each,
-#: SLOT_ONE |y| >= 1 and SLOT_NAN NaN.
+#: shared with eightbit_cpu.c: row r of a sign's half holds exponent E_LO - 1 + r (row 0 also
+#: every smaller one: no midpoint lies under 2**-24), ROW_ONE's first entry |y| >= 1; each half
+#: is padded to 2**SIGN_SHIFT entries.
 E_LO = 103
-SLOT_ONE = 25
-SLOT_NAN = 26
-E_SLOTS = 27
+ROW_ONE = 25
+SIGN_SHIFT = 13
 
 _LIB: Any = None
 _TRIED = False
@@ -59,34 +58,37 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
 def compact_table(signed: bool) -> Tensor:
-    """int32 ``[2 signs][E_SLOTS][256]``, one entry per bucket of fp32 values (sign, exponent
-    slot, top 8 mantissa bits): bits 0-7 the number of midpoints of the dynamic map below the
-    bucket, bits 8-22 the low 15 bits of the midpoint inside the bucket and bit 23 set if there
-    is one. Raises if a bucket would hold two midpoints (then no such table is exact)."""
+    """int32 ``[2 signs][32 rows][256]``, one entry per bucket of fp32 values (sign, exponent
+    row, top 8 mantissa bits): bits 0-7 the number of midpoints of the dynamic map below the
+    bucket, bits 8-22 the low 15 bits of the midpoint inside the bucket, flipped (xor 0x7fff) in
+    negative buckets, or 0x7fff if the bucket holds none: the kernel adds 1 to the count when
+    the value's low bits, flipped alike, exceed them. Raises if a bucket would hold two
+    midpoints (then no such table is exact)."""
     _, mids = dynamic_map(signed)
+    rows = 1 << (SIGN_SHIFT - 8)
     sign = torch.arange(2).view(2, 1, 1)
-    slot = torch.arange(E_SLOTS).view(1, -1, 1)
+    row = torch.arange(rows).view(1, -1, 1)
     mant = torch.arange(256).view(1, 1, -1)
-    bits = ((slot + E_LO - 1) << 23) | (mant << 15)  # the smallest magnitude in the bucket
-    bits = torch.where(slot == 0, torch.zeros_like(bits), bits)
-    # negative buckets: their lowest value is the largest magnitude (slot 0: just under 2**-24)
-    top = torch.where(slot == 0, torch.full_like(bits, (E_LO << 23) - 1), bits | 0x7FFF)
+    bits = ((row + E_LO - 1) << 23) | (mant << 15)  # the smallest magnitude in the bucket
+    bits = torch.where(row == 0, torch.zeros_like(bits), bits)  # row 0 reaches down to 0
+    # negative buckets: their lowest value is the largest magnitude (row 0: just under 2**-24)
+    top = torch.where(row == 0, torch.full_like(bits, (E_LO << 23) - 1), bits | 0x7FFF)
     bits = torch.where(sign == 1, (1 << 31) | top, bits)
     lowest = bits.to(torch.int32).view(torch.float32)  # int64 -> int32 wraps the sign bit
     count = torch.bucketize(lowest, mids).to(torch.int32)
-    count[0, SLOT_ONE], count[1, SLOT_ONE] = len(mids), 0  # y >= 1: all below; y <= -1: none
-    count[:, SLOT_NAN] = int(torch.bucketize(torch.tensor(0.0), mids))  # the code of zero
+    count[0, ROW_ONE], count[1, ROW_ONE] = len(mids), 0  # y >= 1: all below; y <= -1: none
+    count[:, ROW_ONE + 1 :] = 0  # padding, never indexed
     # the midpoints' own buckets
     u = mids.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     s, e, m8 = u >> 31, (u >> 23) & 0xFF, (u >> 15) & 0xFF
     if bool((e < E_LO).any() | (e > 126).any()):
-        raise ValueError("a midpoint lies outside the table's exponent slots")
-    flat = (s * E_SLOTS + e - E_LO + 1) * 256 + m8
+        raise ValueError("a midpoint lies outside the table's exponent rows")
+    flat = (s * rows + e - E_LO + 1) * 256 + m8
     if flat.unique().numel() != flat.numel():
         raise ValueError("two midpoints share a bucket: the one-compare table cannot be exact")
-    entry = count.view(-1).clone()
-    entry[flat] |= (((u & 0x7FFF) << 8) | (1 << 23)).to(torch.int32)
-    return entry.view(2, E_SLOTS, 256)
+    mid = torch.full((2 * rows * 256,), 0x7FFF, dtype=torch.int64)  # no midpoint: never above
+    mid[flat] = (u & 0x7FFF) ^ (s * 0x7FFF)
+    return (count.view(-1) | (mid << 8).to(torch.int32)).view(2, rows, 256)
 
 
 def _tables(signed: bool) -> tuple[Tensor, Tensor]:
@@ -139,7 +141,7 @@ def quantize(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     return codes.view(x.shape), absmax
 
 
-def _serves(tensors: Sequence[Tensor]) -> bool:
+def _serves(tensors: Sequence[Tensor], fp32_state: bool) -> bool:
     p, g = tensors[0], tensors[-1]
     return (
         p.device.type == "cpu"
@@ -147,7 +149,18 @@ def _serves(tensors: Sequence[Tensor]) -> bool:
         and g.dtype in _DTYPES
         and all(t.is_contiguous() for t in tensors)
         and p.numel() > 0
+        and (not fp32_state or all(t.dtype == torch.float32 for t in tensors[1:-1]))
     )
+
+
+def _adamw32(lib: Any) -> Any:
+    """The library's ``adamw32`` with its argument types (set on first use)."""
+    fn = lib.adamw32
+    if fn.argtypes is None:
+        p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        fn.argtypes = [i64, *[p] * 6, c_int, c_int, c_int, p, c_int]
+        fn.restype = None
+    return fn
 
 
 def _f32(x: float) -> float:
@@ -158,9 +171,10 @@ def _f32(x: float) -> float:
 def _hyper(name: str, hyper: Mapping[str, Any]) -> Tensor:
     b1, b2 = float(hyper["beta1"]), float(hyper["beta2"])
     lr, wd = float(hyper["lr"]), float(hyper["weight_decay"])
-    if name == "adamw8bit":
+    if name in ("adamw8bit", "adamw32"):
         bc1, bc2 = float(hyper["bias_correction1"]), float(hyper["bias_correction2"])
-        values = [b1, 1 - b1, b2, 1 - b2, bc2**0.5, float(hyper["eps"]), 1 - lr * wd, lr / bc1]
+        c2 = bc2**0.5
+        values = [b1, 1 - b1, b2, 1 - b2, float(hyper["eps"]) * c2, 1 - lr * wd, lr * c2 / bc1]
     else:
         values = [b1, 1 - b1, b2, 1 - b2, 1 - lr * wd, lr]
     values.append(float(hyper.get("inv_grad_scale", 1.0)))  # an unscaled rule's factor
@@ -168,9 +182,10 @@ def _hyper(name: str, hyper: Mapping[str, Any]) -> Tensor:
 
 
 def run(rule_name: str, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]) -> list[int]:
-    """Run ``adamw8bit`` or ``lion8bit`` (``optim.eightbit``'s rule names) on every entry of
-    ``lists`` it serves, one call per (parameter dtype, gradient dtype); return the indices
-    of the entries left for the eager rule."""
+    """Run ``adamw8bit``, ``lion8bit`` or ``adamw32`` (``optim.eightbit``'s rule names; the
+    last, fp32 moments, serves the tensors under ``min_8bit_size``) on every entry of ``lists``
+    it serves, one call per (parameter dtype, gradient dtype); return the indices of the
+    entries left for the eager rule."""
     lib = _load()
     if lib is None:
         return list(range(len(lists[0])))
@@ -181,7 +196,8 @@ def run(rule_name: str, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, A
     inv = float(hyper.get("inv_grad_scale", 1.0))
     exact_bf16 = math.frexp(inv)[0] == 0.5
     for i, tensors in enumerate(zip(*lists)):
-        if _serves(tensors) and (exact_bf16 or tensors[-1].dtype != torch.bfloat16):
+        served = _serves(tensors, fp32_state=rule_name == "adamw32")
+        if served and (exact_bf16 or tensors[-1].dtype != torch.bfloat16):
             groups.setdefault((tensors[0].dtype, tensors[-1].dtype), []).append(i)
         else:
             rest.append(i)
@@ -194,7 +210,8 @@ def run(rule_name: str, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, A
         numel = torch.tensor([lists[0][i].numel() for i in idx], dtype=torch.int64)
         first = torch.zeros(len(idx) + 1, dtype=torch.int64)
         first[1:] = torch.cumsum((numel + BLOCK - 1) // BLOCK, 0)
-        assert all(lists[2][i].numel() == blocks(lists[0][i].numel()) for i in idx)
+        if rule_name != "adamw32":
+            assert all(lists[2][i].numel() == blocks(lists[0][i].numel()) for i in idx)
         addr = [
             torch.tensor([lst[i].data_ptr() for i in idx], dtype=torch.int64) for lst in lists
         ]
@@ -209,6 +226,12 @@ def run(rule_name: str, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, A
                 va.data_ptr(), pdtype, gdtype, maximize,
                 code1.data_ptr(), table1.data_ptr(), code2.data_ptr(), table2.data_ptr(),
                 h.data_ptr(), threads,
+            )
+        elif rule_name == "adamw32":
+            p, m, v, g = addr
+            _adamw32(lib)(
+                len(idx), numel.data_ptr(), first.data_ptr(), p.data_ptr(), g.data_ptr(),
+                m.data_ptr(), v.data_ptr(), pdtype, gdtype, maximize, h.data_ptr(), threads,
             )
         else:
             p, m, ma, g = addr

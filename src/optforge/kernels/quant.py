@@ -5,7 +5,7 @@ Notation: x a state tensor flattened to n elements, B = ``BLOCK`` = 256 elements
 nb = ⌈n/B⌉ blocks, Q the 256-entry code book (``dynamic_map``).
 
     a_k = max |x_i| over block k                       (fp32 absmax, shape nb)
-    c_i = argmin_j |x_i / a_k − Q_j|                   (uint8 code, the nearest entry)
+    c_i = argmin_j |x_i · (1/a_k) − Q_j|               (uint8 code, the nearest entry)
     x̂_i = Q[c_i] · a_k                                 (dequantized)
 
 The code book is the *dynamic* map: a decimal exponent 10^-6 .. 10^0 followed by a linear
@@ -160,9 +160,11 @@ def quantize_blockwise(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     if n > whole:
         parts.append(flat[whole:].abs().amax().view(1))
     absmax = torch.cat(parts) if len(parts) > 1 else parts[0]
-    scale = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    # One correctly rounded reciprocal per block, then a product per element (as bitsandbytes'
+    # CPU quantizer): a division per element took a fifth of the fused C step's time.
+    inv = torch.where(absmax > 0, absmax, torch.ones_like(absmax)).reciprocal()
     if whole == n:
-        y = (flat.view(-1, BLOCK) / scale.view(-1, 1)).view(-1)
+        y = (flat.view(-1, BLOCK) * inv.view(-1, 1)).view(-1)
     else:
-        y = flat / scale.repeat_interleave(BLOCK)[:n]
+        y = flat * inv.repeat_interleave(BLOCK)[:n]
     return nearest_code(y, signed).to(torch.uint8).view(x.shape), absmax

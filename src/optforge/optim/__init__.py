@@ -1,7 +1,7 @@
 """First-order drop-in optimizers and gradient transforms.
 
-Optimizers (``torch.optim.Optimizer`` subclasses): ``AdamW``, ``Lion``, ``LAMB``, ``LARS``, and
-the 8-bit-state ``AdamW8bit`` and ``Lion8bit``.
+Optimizers (``torch.optim.Optimizer`` subclasses): ``AdamW``, ``Lion``, ``LAMB``, ``LARS``,
+``SGD``, and the 8-bit-state ``AdamW8bit`` and ``Lion8bit``.
 Wrappers around any optimizer: ``GradientNoise``, ``AGVM``. First-layer transform: ``TrAct``.
 The base classes (``OptimizerBase``, ``FirstOrderOptimizer``, ``ZerothOrderOptimizer``,
 ``StateSpec``) and the update rules (``optforge.optim.rules``) are what a new method builds on
@@ -21,6 +21,7 @@ from optforge.optim.gradient_noise import GradientNoise
 from optforge.optim.lamb import LAMB
 from optforge.optim.lars import LARS
 from optforge.optim.lion import Lion
+from optforge.optim.sgd import SGD
 from optforge.optim.tract import TrAct
 from optforge.optim.wrapper import OptimizerWrapper
 from optforge.registry import (
@@ -44,6 +45,7 @@ __all__ = [
     "GradientNoise",
     "Lion",
     "OptimizerWrapper",
+    "SGD",
     "TrAct",
     "create_optimizer",
     "decay_param_groups",

@@ -460,8 +460,13 @@ class FirstOrderOptimizer(OptimizerBase):
             self._before_update([g for _, grads in gathered for g in grads])
             for group, (params, grads) in zip(self.param_groups, gathered):
                 for p in params:
-                    if not self.state[p]:
-                        self._init_state(p, self.state[p], group)
+                    if not self.state.get(p):
+                        # an entry only for a parameter that keeps state (torch's SGD without
+                        # momentum keeps none, and its state_dict lists no parameter)
+                        state: dict[str, Any] = {}
+                        self._init_state(p, state, group)
+                        if state:
+                            self.state[p] = state
                 if params:
                     self._update_group(group, params, grads)
         finally:

@@ -19,7 +19,17 @@ from optforge.lowrank import (
     NaturalGaLoreAdamW,
     QGaLoreAdamW8bit,
 )
-from optforge.optim import AGVM, LAMB, LARS, AdamW, AdamW8bit, GradientNoise, Lion, Lion8bit
+from optforge.optim import (
+    AGVM,
+    LAMB,
+    LARS,
+    SGD,
+    AdamW,
+    AdamW8bit,
+    GradientNoise,
+    Lion,
+    Lion8bit,
+)
 from optforge.registry import Capabilities, get_optimizer_entry
 from optforge.testing.conformance import Spec
 
@@ -160,6 +170,28 @@ SPECS = [
         capabilities=Capabilities(
             supports_complex=True, state_dtypes="fp32 for bf16/fp16", backends=("loop", "foreach")
         ),
+    ),
+    Spec(
+        "optforge_SGD",
+        SGD,
+        configs=[
+            {"lr": 0.05, "momentum": 0.9},
+            {"lr": 0.05},  # no momentum: no state
+            {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+            {"lr": 0.05, "momentum": 0.9, "dampening": 0.5},
+        ],
+        errors=[
+            ({"lr": -1.0}, ValueError, r"Invalid learning rate: -1.0; lr must be >= 0 \(got"),
+            ({"lr": float("nan")}, ValueError, r"lr must be finite"),
+            ({"momentum": -0.5}, ValueError, r"Invalid momentum value: -0.5"),
+            ({"weight_decay": -1.0}, ValueError, r"Invalid weight_decay value: -1.0"),
+            ({"momentum": 0.0, "nesterov": True}, ValueError, r"Nesterov momentum requires"),
+            ({"momentum": 0.9, "dampening": 0.1, "nesterov": True}, ValueError, r"dampening=0.1"),
+            ({"nesterov": 1}, TypeError, r"nesterov must be True or False \(got 1\)"),
+            ({"dampening": float("inf")}, ValueError, r"dampening must be finite"),
+            ({"backend": "cuda"}, ValueError, r"backend must be one of"),
+        ],
+        capabilities=get_optimizer_entry("optforge_sgd").capabilities,
     ),
     Spec(
         "AdamW8bit",

@@ -40,7 +40,7 @@ def _requantize(x, mask, codes_ptr, absmax_ptr, table, mids, QBLOCK: tl.constexp
     """Store the codes and the absmax of one block of fp32 values ``x``."""
     x = tl.where(mask, x, 0.0)
     absmax = tl.max(tl.abs(x), axis=0)
-    y = x / tl.where(absmax > 0, absmax, 1.0)
+    y = x * (1.0 / tl.where(absmax > 0, absmax, 1.0))  # quant.quantize_blockwise's rounding
     bucket = (y.to(tl.int32, bitcast=True) >> 15) & 0x1FFFF
     below = tl.load(table + bucket, mask=mask, other=0)
     code = below + (y > tl.load(mids + below, mask=mask, other=0.0)).to(tl.int32)
@@ -55,7 +55,7 @@ def _adamw8bit_kernel(
     p_base, m_base, ma_base, v_base, va_base, g_base,
     code1, table1, mids1, code2, table2, mids2,
     offsets, sizes, block_tensor, block_start, found_inf, n_tensors,
-    beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, bc2_sqrt,
+    beta1, one_minus_beta1, beta2, one_minus_beta2, eps_c2, decay, step_size,
     P_KIND: tl.constexpr, CHECK_INF: tl.constexpr, MAXIMIZE: tl.constexpr,
     QBLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -76,7 +76,7 @@ def _adamw8bit_kernel(
     v = tl.load(code2 + vc, mask=mask, other=0.0) * tl.load(va_ptr)
     m = m * beta1 + g * one_minus_beta1
     v = v * beta2 + g * g * one_minus_beta2
-    denom = tl.sqrt(v) / bc2_sqrt + eps
+    denom = tl.sqrt(v) + eps_c2
     p = tl.load(p_ptr, mask=mask, other=0.0).to(tl.float32) * decay - step_size * (m / denom)
     store_rounded(p_ptr, p, mask, 0, offs, P_KIND, False)
     _requantize(m, mask, m_ptr, ma_ptr, table1, mids1, QBLOCK)
@@ -131,11 +131,12 @@ def adamw8bit_(
     lr, wd = float(hyper["lr"]), float(hyper["weight_decay"])
     beta1, beta2 = float(hyper["beta1"]), float(hyper["beta2"])
     flag = found_inf if found_inf is not None else no_flag(device)
+    c2 = float(hyper["bias_correction2"]) ** 0.5  # the eager rule's scalars, fp32 args
     _adamw8bit_kernel[grid(table)](
         *b, *_books(device, True), *_books(device, False),
         table.offsets, table.sizes, table.block_tensor, table.block_start, flag, len(lists[0]),
-        beta1, 1 - beta1, beta2, 1 - beta2, float(hyper["eps"]), 1 - lr * wd,
-        lr / float(hyper["bias_correction1"]), float(hyper["bias_correction2"]) ** 0.5,
+        beta1, 1 - beta1, beta2, 1 - beta2, float(hyper["eps"]) * c2, 1 - lr * wd,
+        lr * c2 / float(hyper["bias_correction1"]),
         P_KIND=out_kind(b[0].dtype), CHECK_INF=found_inf is not None,
         MAXIMIZE=bool(hyper.get("maximize", False)), QBLOCK=QBLOCK,
     )  # fmt: skip
