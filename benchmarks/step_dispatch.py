@@ -5,19 +5,22 @@ Two parameter lists: (a) 31.0M fp32 parameters in 53 tensors (test_optim_step.py
 q/k/v/o projections: 194 of the tensors are biases and norms of 192-768 elements). Every case
 steps the same tensors once per round, round-robin, so background load lands on all alike.
 
-``optforge Lion, default`` is ``Lion(params)`` with no flags. Its ``auto`` backend runs in two
-tiers on CPU: the eager tiled ``foreach`` path (and an eager gradient check) until the list has
-spent ``AUTO_COMPILE_AFTER_S`` seconds (30 by default) there, then compiled graphs for the
-update and the check, which give the same bits. Both tiers are timed (the tier is forced per
-case by setting that threshold around each step: "after the switch" is the default
-construction's steady state); ``--first-step`` also measures the first step of the eager tier
-and the step that switches, in fresh processes with an empty, then a warm, inductor cache.
-Progress goes to stderr.
+``optforge Lion, default`` is ``Lion(params)`` with no flags (here ``weight_decay=0.1``, as
+lion-pytorch's case). On fp32 CPU tensors its ``auto`` backend runs the C loop of
+``kernels/exact_cpu.c`` from the first step, and the gradient check (``check_finite=True``) is
+that library's one-call exponent test: no compile. Where no C compiler exists ``auto`` runs two
+tiers: the eager tiled ``foreach`` path until the list has spent ``AUTO_COMPILE_AFTER_S``
+seconds (30 by default) there, then compiled graphs with the same bits; both are timed too
+("no C compiler" rows: the library switched off around each step, the tier forced by setting
+that threshold). ``--first-step`` measures first steps in fresh processes, cold (empty C-library
+and inductor caches: the C build or the compile is in the figure) and warm (the caches a cold
+run left). Progress goes to stderr.
 
 Bytes per parameter and step: Lion 20 (reads p, m, g; writes p, m), AdamW 28 (p, m, v, g; p, m,
-v). ``x fused AdamW B/s`` = (20 / t_case) / (28 / t_fused_adamw), the issue's measure.
+v). ``x fused AdamW B/s`` = (20 / t_case) / (28 / t_fused_adamw), the issue's measure. The
+gradient check reads every gradient once more (4 B/param): not counted in Lion's 20.
 
-    nice -n 5 python benchmarks/step_dispatch.py --rounds 6 --lists ba --first-step b
+    python benchmarks/step_dispatch.py --rounds 10 --lists ab --threads 1 --first-step ab
 """
 
 from __future__ import annotations
@@ -64,30 +67,33 @@ def make_params(shapes) -> list[torch.nn.Parameter]:
 
 
 @contextlib.contextmanager
-def auto_tier(threshold: float) -> Iterator[None]:
-    from optforge.kernels import dispatch
+def without_c(threshold: float) -> Iterator[None]:
+    """As on a machine without a C compiler (the C library off), ``auto``'s switch threshold
+    set to ``threshold``."""
+    from optforge.kernels import dispatch, exact_cpu
 
-    saved = dispatch.AUTO_COMPILE_AFTER_S
-    dispatch.AUTO_COMPILE_AFTER_S = threshold
+    exact_cpu._load()
+    saved = dispatch.AUTO_COMPILE_AFTER_S, exact_cpu._LIB
+    dispatch.AUTO_COMPILE_AFTER_S, exact_cpu._LIB = threshold, None
     try:
         yield
     finally:
-        dispatch.AUTO_COMPILE_AFTER_S = saved
+        dispatch.AUTO_COMPILE_AFTER_S, exact_cpu._LIB = saved
 
 
-class Tiered:
-    """An optimizer whose steps run with ``auto``'s switch threshold set to ``threshold``."""
+class WithoutC:
+    """An optimizer whose steps run as without a C compiler, at switch threshold ``threshold``."""
 
     def __init__(self, opt: torch.optim.Optimizer, threshold: float) -> None:
         self.opt, self.threshold = opt, threshold
 
     def step(self) -> None:
-        with auto_tier(self.threshold):
+        with without_c(self.threshold):
             self.opt.step()
 
 
 def cases() -> dict[str, tuple[str, Callable[[list], object]]]:
-    from optforge.optim import Lion
+    from optforge.optim import AdamW, Lion
 
     out: dict[str, tuple[str, Callable[[list], object]]] = {
         "torch AdamW fused": ("adamw", lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True)),
@@ -104,19 +110,27 @@ def cases() -> dict[str, tuple[str, Callable[[list], object]]]:
     inf = float("inf")
     out.update(
         {
-            "optforge Lion, default: eager tier (first 30 s)": (
+            "optforge Lion, default (C loop from step 1)": (
                 "lion",
-                lambda p: Tiered(Lion(p, weight_decay=0.1), inf),
+                lambda p: Lion(p, weight_decay=0.1),
             ),
-            "optforge Lion, default: after the switch (steady state)": (
+            "optforge Lion, default, check_finite=False": (
                 "lion",
-                lambda p: Tiered(Lion(p, weight_decay=0.1), 0.0),
+                lambda p: Lion(p, weight_decay=0.1, check_finite=False),
             ),
-            "optforge Lion, default after the switch, check_finite=False": (
+            "optforge AdamW, default (C loop)": ("adamw", lambda p: AdamW(p, lr=1e-3)),
+            "optforge Lion, fused=True (compiled update, C check)": (
                 "lion",
-                lambda p: Tiered(Lion(p, weight_decay=0.1, check_finite=False), 0.0),
+                lambda p: Lion(p, weight_decay=0.1, fused=True),
             ),
-            "optforge Lion, fused=True": ("lion", lambda p: Lion(p, weight_decay=0.1, fused=True)),
+            "no C compiler: Lion default, eager tier (first 30 s)": (
+                "lion",
+                lambda p: WithoutC(Lion(p, weight_decay=0.1), inf),
+            ),
+            "no C compiler: Lion default, after the switch": (
+                "lion",
+                lambda p: WithoutC(Lion(p, weight_decay=0.1), 0.0),
+            ),
         }
     )
     return out
@@ -172,23 +186,25 @@ def steady(which: str, rounds: int) -> None:
 FIRST_STEP = {
     "torch AdamW fused": "torch.optim.AdamW(p, lr=1e-3, fused=True)",
     "lion-pytorch Lion": "__import__('lion_pytorch').Lion(p, lr=1e-4, weight_decay=0.1)",
-    "optforge Lion, default: first step (eager tier, no compile)": "EAGER",
-    "optforge Lion, default: the step that switches (compiles; = fused=True's first)": "SWITCH",
+    "optforge Lion, default (cold: builds the C library)": "Lion(p, weight_decay=0.1)",
+    "optforge AdamW, default (cold: builds the C library)": "AdamW(p, lr=1e-3)",
+    "no C compiler: Lion default, first step (eager tier)": "EAGER",
+    "no C compiler: Lion default, the step that switches (compiles)": "SWITCH",
 }
 
 
-def first_step_child(which: str, name: str) -> None:
-    from optforge.optim import Lion  # noqa: F401 - used by the eval'd expressions
+def first_step_child(which: str, name: str, threads: str) -> None:
+    from optforge.optim import AdamW, Lion
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(threads))
     params = make_params(LISTS[which][1])
     expr = FIRST_STEP[name]
     if expr == "SWITCH":  # auto's switch step: the first step after the threshold is reached
-        opt = Tiered(Lion(params, weight_decay=0.1), 0.0)
+        opt = WithoutC(Lion(params, weight_decay=0.1), 0.0)
     elif expr == "EAGER":  # the default's first steps, whatever the load (no switch yet)
-        opt = Tiered(Lion(params, weight_decay=0.1), float("inf"))
+        opt = WithoutC(Lion(params, weight_decay=0.1), float("inf"))
     else:
-        opt = eval(expr, {"torch": torch, "Lion": Lion, "p": params})
+        opt = eval(expr, {"torch": torch, "Lion": Lion, "AdamW": AdamW, "p": params})
     start = time.perf_counter()
     opt.step()
     first = time.perf_counter() - start
@@ -197,10 +213,11 @@ def first_step_child(which: str, name: str) -> None:
     print(json.dumps({"first": first, "second": time.perf_counter() - start}))
 
 
-def first_step(which: str) -> None:
+def first_step(which: str, threads: int) -> None:
     print(
-        f"\nFirst step, {LISTS[which][0]} (fresh process each; cold = empty "
-        "TORCHINDUCTOR_CACHE_DIR, warm = the cache a cold run left)\n"
+        f"\nFirst step, {LISTS[which][0]}, {threads} threads (fresh process each; cold = empty "
+        "TORCHINDUCTOR_CACHE_DIR and C-library cache (XDG_CACHE_HOME), warm = the caches a "
+        "cold run left)\n"
     )
     print(
         "| path | first step, cold cache s | first step, warm cache s | load average after "
@@ -209,11 +226,11 @@ def first_step(which: str) -> None:
     print("|---|---:|---:|---:|---:|")
     for name in FIRST_STEP:
         with tempfile.TemporaryDirectory() as cache:
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "XDG_CACHE_HOME": cache}
             runs = []
             for _ in ("cold", "warm"):
                 out = subprocess.run(
-                    [sys.executable, __file__, "--child", which, name],
+                    [sys.executable, __file__, "--child", which, name, str(threads)],
                     env=env,
                     capture_output=True,
                     text=True,
@@ -239,7 +256,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads; 1 keeps OpenMP waits for descheduled threads out "
                         "of the figures on a loaded machine")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         first_step_child(*args.child)
@@ -249,7 +266,7 @@ def main() -> None:
     for which in args.lists:
         steady(which, args.rounds)
     for which in args.first_step:
-        first_step(which)
+        first_step(which, args.threads)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from optforge.kernels import Rule, apply_rule_, dispatch
+from optforge.kernels import Rule, apply_rule_, dispatch, exact_cpu
 from optforge.kernels import compiled as compiled_mod
 from optforge.optim.lars import lars_rule
 from optforge.optim.lion import Lion, lion_rule
@@ -251,7 +251,10 @@ def test_auto_picks_the_eager_tier_on_cpu() -> None:
     if "OPTFORGE_AUTO_COMPILE_AFTER_S" not in os.environ:  # ski rental on by default: a run
         assert dispatch.AUTO_COMPILE_AFTER_S == 30.0  # with < 30 s of steps never compiles
     cpu = torch.device("cpu")
-    assert dispatch.resolve_backend("auto", lion_rule, cpu, torch.float32) == "foreach"
+    # fp32 Lion: the C loop when it builds (tests/kernels/test_exact_cpu.py), else foreach
+    native = "native" if exact_cpu.available() else "foreach"
+    assert dispatch.resolve_backend("auto", lion_rule, cpu, torch.float32) == native
+    assert dispatch.resolve_backend("auto", lion_rule, cpu, torch.bfloat16) == "foreach"
     assert dispatch.resolve_backend("auto", lars_rule, cpu, torch.float32) == "loop"
 
 

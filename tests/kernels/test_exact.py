@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from optforge.kernels import all_finite, apply_rule_, dispatch
+from optforge.kernels import all_finite, apply_rule_, dispatch, exact_cpu
 from optforge.kernels import compiled as compiled_mod
 from optforge.optim.adamw import adamw_rule
 from optforge.optim.lars import lars_rule
@@ -34,6 +34,14 @@ ADAMW = dict(
     bias_correction2=1 - 0.999**3,
 )
 SGD = dict(lr=1e-2, momentum=0.9, dampening=0.1, nesterov=True, weight_decay=0.01, maximize=True)
+
+
+@pytest.fixture(autouse=True)
+def without_the_c_library(monkeypatch):
+    """This file tests the tiers that run the exact rules where no C compiler exists (eager,
+    then compiled); with one, ``auto`` runs the C loops on fp32 CPU lists from the first step
+    and their check (tests/kernels/test_exact_cpu.py)."""
+    monkeypatch.setattr(exact_cpu, "_load", lambda: None)
 
 
 def _assert_equal(got, want) -> None:

@@ -11,18 +11,22 @@ the tensors by device and dtypes and runs each group on a backend:
   one graph per (rule, flag values) for every list; hyperparameters as persistent 0-d tensors,
   so a changing lr neither recompiles nor copies (``kernels.compiled``). A compilation that
   fails warns once and falls back to the loop: training never dies of a compiler.
-* ``"auto"``: a registered kernel if one serves the device and dtype; else ``compiled`` on CUDA;
-  on CPU the eager ``foreach`` (elementwise rules) or ``loop``, bit-equal to the reference, and
-  for an fp32 list of a rule whose compiled graph rounds exactly as eager does (``Rule.exact``),
-  ``compiled`` once the list has spent ``AUTO_COMPILE_AFTER_S`` seconds eagerly (ski rental).
-  The switch changes no bit of the results, so a resumed run repeats an uninterrupted one
-  whichever step each switched at.
+* ``"auto"``: a registered kernel if one serves the device and dtype (on CPU, fp32: the C loops
+  of ``kernels.exact_cpu`` for Lion, AdamW, Adam's inner direction and SGD-momentum, from the
+  first step, no compile); else ``compiled`` on CUDA; on CPU the eager ``foreach`` (elementwise
+  rules) or ``loop``, bit-equal to the reference, and for an fp32 list of a rule whose compiled
+  graph rounds exactly as eager does (``Rule.exact``), ``compiled`` once the list has spent
+  ``AUTO_COMPILE_AFTER_S`` seconds eagerly (ski rental; what runs the exact rules where no C
+  compiler exists). No switch changes a bit of the results, so a resumed run repeats an
+  uninterrupted one whichever path each step took.
 
-``all_finite`` checks gradients without a host sync (eager packs on CPU, a compiled
-reduction per 16 tensors on CUDA).
+``all_finite`` checks gradients without a host sync (one C call on CPU, eager packs where the
+C library is missing, a compiled reduction per 16 tensors on CUDA).
 
-Backends registered with ``register_kernel`` (e.g. hand-written Triton kernels) take precedence
-for the rule, devices and dtypes they declare. Kernels know nothing of optimizer classes.
+Backends registered with ``register_kernel`` (hand-written Triton kernels, the CPU C loops)
+take precedence for the rule, devices and dtypes they declare; entries a kernel leaves
+(strided views, other dtypes within a group) run on the tier ``auto`` would pick without it.
+Kernels know nothing of optimizer classes.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from optforge.kernels import exact_cpu
 from optforge.kernels.compiled import (
     compiled_all_finite,
     compiled_ready,
@@ -73,7 +78,10 @@ BACKENDS = ("auto", "loop", "foreach", "compiled")
 AUTO_COMPILE_AFTER_S = float(os.environ.get("OPTFORGE_AUTO_COMPILE_AFTER_S", "30"))
 
 
-Kernel = Callable[[Rule, Sequence[Sequence[Tensor]], Mapping[str, Any]], None]
+#: ``fn(rule, lists, hyper)``: updates the entries in place; returns None (all served) or the
+#: indices of the entries it left, which run on the tier ``auto`` would pick without it (on an
+#: explicit request for the kernel: the loop).
+Kernel = Callable[[Rule, Sequence[Sequence[Tensor]], Mapping[str, Any]], "list[int] | None"]
 
 _TRITON_HINT = (
     ": the Triton kernels run on CUDA tensors and are registered only when Triton is installed "
@@ -87,6 +95,8 @@ class _Registration:
     devices: frozenset[str]
     dtypes: frozenset[torch.dtype]
     unscales: bool
+    available: Callable[[], bool] | None
+    priority: int
 
 
 _KERNELS: dict[tuple[int, str], _Registration] = {}
@@ -100,6 +110,8 @@ def register_kernel(
     devices: Sequence[str],
     dtypes: Sequence[torch.dtype],
     unscales: bool = False,
+    available: Callable[[], bool] | None = None,
+    priority: int = 0,
 ) -> None:
     """Serve ``rule`` on ``backend`` with ``fn(rule, tensor_lists, hyper)`` for these devices
     (``"cuda"``, ``"cpu"``) and parameter dtypes. Tests compare it with the loop reference.
@@ -107,9 +119,14 @@ def register_kernel(
     ``unscales``: ``fn`` also serves ``unscaled(rule, ...)`` (a GradScaler step): it multiplies
     the gradient by ``hyper["inv_grad_scale"]`` where it reads it (absent: 1), and gets the
     wrapped rule for any entries it leaves to the loop. Kernels without it get gradients
-    unscaled out of place first."""
+    unscaled out of place first.
+
+    ``available``: called (once per step) before the kernel is chosen; False makes it as if
+    unregistered (a library that failed to build). ``priority``: ``auto`` takes the serving
+    kernel of highest priority, the first registered among equals (the CPU C loops register at
+    -1, so Triton kernels registered for CPU tensors in tests still win)."""
     _KERNELS[(id(rule), backend)] = _Registration(
-        fn, frozenset(devices), frozenset(dtypes), unscales
+        fn, frozenset(devices), frozenset(dtypes), unscales, available, priority
     )
 
 
@@ -124,7 +141,12 @@ def check_backend(backend: object) -> str:
 
 def _registered(rule: Rule, backend: str, device: torch.device, dtype: torch.dtype) -> bool:
     reg = _KERNELS.get((id(rule.base or rule), backend))
-    return reg is not None and device.type in reg.devices and dtype in reg.dtypes
+    return (
+        reg is not None
+        and device.type in reg.devices
+        and dtype in reg.dtypes
+        and (reg.available is None or reg.available())
+    )
 
 
 def _compiler_works(device: torch.device) -> bool:
@@ -148,12 +170,11 @@ def resolve_backend(backend: str, rule: Rule, device: torch.device, dtype: torch
     short run never earns back, and a long run earns back many times.
     """
     if backend == "auto":
-        for (rid, name), _ in _KERNELS.items():
+        ranked = sorted(_KERNELS.items(), key=lambda item: -item[1].priority)  # stable
+        for (rid, name), _ in ranked:
             if rid == id(rule.base or rule) and _registered(rule, name, device, dtype):
                 return name
-        if device.type == "cuda" and _compiler_works(device):
-            return "compiled"
-        return "foreach" if rule.elementwise else "loop"
+        return _builtin_auto(rule, device)
     if backend == "foreach" and not rule.elementwise:
         raise ValueError(
             f"backend 'foreach' runs elementwise rules only; {rule.name} reduces over each tensor"
@@ -170,6 +191,13 @@ def resolve_backend(backend: str, rule: Rule, device: torch.device, dtype: torch
             f"backend {backend!r} has no kernel for {rule.name} on {device.type}/{dtype}{hint}"
         )
     return backend
+
+
+def _builtin_auto(rule: Rule, device: torch.device) -> str:
+    """``auto``'s choice among the built-in backends (no registered kernel serves)."""
+    if device.type == "cuda" and _compiler_works(device):
+        return "compiled"
+    return "foreach" if rule.elementwise else "loop"
 
 
 def apply_rule_(
@@ -201,6 +229,13 @@ def apply_rule_(
         else:
             lists = [[lst[i] for i in index] for lst in tensor_lists]
         chosen = resolve_backend(backend, rule, device, dtype)
+        if chosen not in BACKENDS:  # a registered kernel
+            rest = _run(chosen, rule, lists, hyper)
+            if not rest:
+                continue
+            # what it left: auto's built-in tier (ski rental included), or the loop
+            lists = [[lst[i] for i in rest] for lst in lists]
+            chosen = _builtin_auto(rule, device) if backend == "auto" else "loop"
         if (
             backend == "auto"
             and chosen in ("foreach", "loop")
@@ -223,7 +258,8 @@ def apply_rule_(
 
 def _run(
     chosen: str, rule: Rule, lists: Sequence[Sequence[Tensor]], hyper: Mapping[str, Any]
-) -> None:
+) -> list[int] | None:
+    """Runs ``chosen``; a registered kernel's indices of entries it left (None: all done)."""
     if chosen == "loop":
         loop(rule, lists, hyper)
     elif chosen == "foreach":
@@ -231,7 +267,7 @@ def _run(
     elif chosen == "compiled":
         run_compiled(rule, lists, hyper)
     elif rule.base is not None and _KERNELS[(id(rule.base), chosen)].unscales:
-        _KERNELS[(id(rule.base), chosen)].fn(rule, lists, hyper)
+        return _KERNELS[(id(rule.base), chosen)].fn(rule, lists, hyper)
     elif rule.base is not None:
         # An ``unscaled`` rule on a kernel that takes no scale: the gradients are unscaled out
         # of place first (one extra pass, this path only).
@@ -239,9 +275,10 @@ def _run(
         inv = hyper.pop("inv_grad_scale")
         lists = list(lists)
         lists[rule.grad_list] = torch._foreach_mul(list(lists[rule.grad_list]), inv)
-        _KERNELS[(id(rule.base), chosen)].fn(rule.base, lists, hyper)
+        return _KERNELS[(id(rule.base), chosen)].fn(rule.base, lists, hyper)
     else:
-        _KERNELS[(id(rule), chosen)].fn(rule, lists, hyper)
+        return _KERNELS[(id(rule), chosen)].fn(rule, lists, hyper)
+    return None
 
 
 #: eager seconds spent per list, with a weak reference to the list's first tensor: a list is
@@ -276,15 +313,16 @@ def all_finite(tensors: Sequence[Tensor], *, backend: str = "auto") -> Tensor:
     """A 0-d bool tensor: True when every element of every tensor is finite. No host sync.
 
     The check that runs before an update writes anything (``check_finite``). On CUDA under
-    ``auto`` or ``compiled``: one compiled reduction per ``CHUNK`` tensors. Elsewhere, eagerly:
-    small tensors concatenated into packs, one ``sum`` per pack or large tensor, one ``stack``
-    at the end. A NaN or an infinity makes a sum non-finite, so finite sums prove every element
-    finite; a non-finite sum may also be an overflow of finite values, and only then do the
-    exact extremes (``aminmax``) decide. On CPU that look at the sums costs nothing (no device to
-    wait for), and a sum reads its input once at ~2x the speed of ``aminmax`` [measured: 33M
-    fp32 elements, 1 thread, 11.7 ms against 21.7 ms; fused AdamW's step 48 ms]. The compiled
-    reduction measured ~3x slower than the eager check on CPU under load (docs/benchmarks.md,
-    issue 7), so CPU keeps the eager check on every tier.
+    ``auto`` or ``compiled``: one compiled reduction per ``CHUNK`` tensors. On CPU, one call of
+    the C loop ``exact_cpu.all_finite`` over every fp32/bf16/fp16/fp64 tensor in a dense
+    layout: an integer test of the exponent bits, exact, one read at memory speed. Elsewhere,
+    and where the C library cannot be built, eagerly: small tensors concatenated into packs,
+    one ``sum`` per pack or large tensor, one ``stack`` at the end. A NaN or an infinity makes
+    a sum non-finite, so finite sums prove every element finite; a non-finite sum may also be
+    an overflow of finite values, and only then do the exact extremes (``aminmax``) decide. A
+    sum reads its input at ~2x the speed of ``aminmax`` [measured: 33M fp32 elements, 1 thread,
+    11.7 ms against 21.7 ms]. The compiled reduction measured ~3x slower than the eager check on
+    CPU under load (docs/benchmarks.md, issue 7), so CPU never uses it.
     """
     tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors if t.numel()]
     if not tensors:
@@ -303,6 +341,13 @@ def all_finite(tensors: Sequence[Tensor], *, backend: str = "auto") -> Tensor:
 
 
 def _eager_all_finite(tensors: Sequence[Tensor]) -> Tensor:
+    if exact_cpu.available():
+        # one C call over every CPU gradient it serves; the rest (CUDA, strided) go on below
+        finite, tensors = exact_cpu.all_finite(tensors)
+        if not finite:
+            return torch.tensor(False)
+        if not tensors:
+            return torch.tensor(True)
     on_cpu = all(t.device.type == "cpu" for t in tensors)
     if on_cpu and bool(_reduce_packed(tensors, lambda t: [t.sum()])):
         return torch.tensor(True)  # finite sums: no element is NaN or infinite
@@ -338,6 +383,15 @@ def _groups(
     tensor_lists: Sequence[Sequence[Tensor]],
 ) -> dict[tuple[torch.device, torch.dtype, tuple[torch.dtype, ...]], list[int]]:
     """Indices grouped by the first list's device and every list's dtype, in order."""
+    # The common case first, one set per list instead of a key per entry: this runs at every
+    # step over every tensor (~0.4 ms of Python per step on 308 tensors otherwise).
+    dtypes = [{t.dtype for t in lst} for lst in tensor_lists]
+    if tensor_lists[0] and all(len(d) == 1 for d in dtypes):
+        devices = {t.device for t in tensor_lists[0]}
+        if len(devices) == 1:
+            first = tensor_lists[0][0]
+            key = (first.device, first.dtype, tuple(lst[0].dtype for lst in tensor_lists))
+            return {key: list(range(len(tensor_lists[0])))}
     groups: dict[tuple[torch.device, torch.dtype, tuple[torch.dtype, ...]], list[int]] = {}
     for i, tensors in enumerate(zip(*tensor_lists)):
         first = tensors[0]

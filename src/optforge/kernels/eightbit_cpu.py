@@ -19,13 +19,8 @@ else takes the eager rule (``run`` returns the indices it did not serve).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import os
-import platform
-import subprocess
-import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from optforge.kernels import cbuild
 from optforge.kernels.quant import BLOCK, blocks, dynamic_map
 
 __all__ = ["available", "compact_table", "quantize", "run"]
@@ -102,75 +98,19 @@ def _tables(signed: bool) -> tuple[Tensor, Tensor]:
     return _TABLES[signed]
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if not name:
-            continue
-        try:
-            out = subprocess.run([name, "--version"], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if out.returncode == 0:
-            return name
-    return None
-
-
-def _cpu_id() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "".join(line for line in f if line.startswith(("flags", "model name")))
-    except OSError:
-        return platform.processor()
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "optforge"
-
-
 def _load() -> Any:
     """The compiled library, built on first use; None (and a warning once) if it cannot be."""
     global _LIB, _TRIED
     if _TRIED:
         return _LIB
     _TRIED = True
-    if os.environ.get("OPTFORGE_NATIVE_8BIT", "1") == "0" or platform.system() == "Windows":
+    if os.environ.get("OPTFORGE_NATIVE_8BIT", "1") == "0":
         return None
-    cc = _compiler()
-    if cc is None:
-        warnings.warn(
-            "optforge: no C compiler found; the 8-bit optimizers run their eager rule on CPU "
-            "(~10x slower)", RuntimeWarning, stacklevel=3
-        )
-        return None
-    source = _SOURCE.read_bytes()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(
-        b"\0".join([source, " ".join(_FLAGS + _GATHER).encode(), version.encode(),
-                    _cpu_id().encode()])
-    ).hexdigest()[:24]
-    path = _cache_dir() / f"eightbit_cpu_{key}.so"
-    try:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                out = Path(tmp) / path.name
-                for extra in (_GATHER, ()):
-                    done = subprocess.run(
-                        [cc, *_FLAGS, *extra, str(_SOURCE), "-o", str(out), "-lm"],
-                        capture_output=True, text=True, timeout=300,
-                    )
-                    if done.returncode == 0:
-                        break
-                else:
-                    raise RuntimeError(done.stderr.strip().splitlines()[-1:] or done.returncode)
-                os.replace(out, path)  # atomic: concurrent builders never see half a file
-        lib = ctypes.CDLL(str(path))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        warnings.warn(
-            f"optforge: building the CPU 8-bit kernel failed ({exc}); the 8-bit optimizers run "
-            "their eager rule on CPU", RuntimeWarning, stacklevel=3
-        )
+    lib = cbuild.build(
+        _SOURCE, _FLAGS, optional=_GATHER,
+        fallback="the 8-bit optimizers run their eager rule on CPU (~10x slower)",
+    )
+    if lib is None:
         return None
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.adamw8bit.argtypes = [i64, *[p] * 8, c_int, c_int, c_int, *[p] * 5, c_int]

@@ -57,3 +57,9 @@ __all__ = [
 from optforge.kernels.triton import register_if_available as _register_triton  # noqa: E402
 
 _register_triton()
+
+# The compile-free C loops serve Lion, AdamW and SGD-momentum on fp32 CPU tensors under
+# ``auto`` (built on first use; without a C compiler the other tiers run).
+from optforge.kernels.exact_cpu import register as _register_native  # noqa: E402
+
+_register_native()

@@ -84,8 +84,9 @@ class AdamW(FirstOrderOptimizer):
         maximize: ascend the objective.
         foreach: run the rule once over all same-device, same-dtype tensors.
         fused: compiled kernels (``torch.compile``).
-        backend: ``"auto"`` (default), ``"loop"``, ``"foreach"`` or ``"compiled"``; on CUDA with
-            Triton installed, ``auto`` runs the registered Triton kernel (``optforge.kernels``).
+        backend: ``"auto"`` (default), ``"loop"``, ``"foreach"``, ``"compiled"`` or ``"native"``;
+            ``auto`` runs the registered C loop on fp32 CPU tensors and, on CUDA with Triton
+            installed, the Triton kernel (``optforge.kernels``).
         stochastic_rounding: for bf16 parameters, compute the new value in fp32 and round it
             stochastically (unbiased) instead of to nearest, so steps below half a bf16 ulp are
             not lost (default False; fp16 parameters are refused).

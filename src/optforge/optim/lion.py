@@ -45,7 +45,8 @@ class Lion(FirstOrderOptimizer):
         foreach: run the rule once over all same-device, same-dtype tensors (flat buffers).
         fused: the rule compiled with ``torch.compile`` (one graph per 16 tensors); the fastest
             path on CPU and GPU, compiled on first use.
-        backend: ``"auto"`` (default), ``"loop"``, ``"foreach"`` or ``"compiled"`` (see
+        backend: ``"auto"`` (default), ``"loop"``, ``"foreach"``, ``"compiled"`` or
+            ``"native"`` (C loops on fp32 CPU tensors, what ``auto`` runs there; see
             ``optforge.kernels``); an alternative to the two flags above.
         stochastic_rounding: for bf16 parameters, compute the new value in fp32 and round it
             stochastically (unbiased) instead of to nearest, so steps below half a bf16 ulp are
