@@ -443,6 +443,8 @@ class ForgeOptimizerInfo(OptimizerInfo):
             value is read from the constructed optimizer.
         noisy: the step adds seeded noise (pieces of a tensor get different noise).
         label: the test id, where the class name is taken (optforge's and torch's AdamW).
+        fused_xfail: dtype -> reason, a known defect that the slow fused-vs-loop test shows for
+            that dtype (marked xfail strict, so a fix makes the test report it).
     """
 
     def __init__(
@@ -453,10 +455,12 @@ class ForgeOptimizerInfo(OptimizerInfo):
         moves_without_grad: tuple[str, ...] = ("weight_decay",),
         noisy: bool = False,
         label: str | None = None,
+        fused_xfail: dict[torch.dtype, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(optim_cls, **kwargs)
         self.label = label
+        self.fused_xfail = fused_xfail or {}
         self.elementwise = elementwise
         self.moves_without_grad = moves_without_grad
         self.noisy = noisy
@@ -489,6 +493,11 @@ FORGE_OPTIM_DB: list[ForgeOptimizerInfo] = [
     ForgeOptimizerInfo(
         ForgeAdamW,
         label="optforge_AdamW",  # torch's AdamW, the control, is "AdamW"
+        fused_xfail={
+            torch.float16: "the eager rule computes g·g·(1 − β2) in fp16 before it meets the fp32 "
+            "moment: for |g| < 2^-12.5/√(1 − β2) (5.5e-3 at β2 = 0.999) it underflows to 0, v stays 0 "
+            "and the step is m̂/ε (hundreds, not ~lr); the compiled graph computes in fp32",
+        },
         optim_inputs_func=optim_inputs_func_forge_adamw,
         optim_error_inputs_func=optim_error_inputs_func_forge_adamw,
         supported_impls=("foreach", "fused"),
