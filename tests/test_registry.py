@@ -56,6 +56,19 @@ def test_params_and_defaults_pass_through() -> None:
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.8, 0.9)
 
 
+def test_optforge_adamw_is_registered_beside_torchs() -> None:
+    from optforge.optim import AdamW
+    from optforge.registry import get_optimizer_entry
+
+    model = Block()
+    opt = optforge.create_optimizer("optforge_AdamW", model, lr=3e-4, weight_decay=0.1)
+    assert isinstance(opt, AdamW) and [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    # the plain name stays torch's class: the harness's AdamW baseline is measured with it
+    assert type(optforge.create_optimizer("adamw", Block())) is torch.optim.AdamW
+    caps = get_optimizer_entry("optforge_adamw").capabilities
+    assert caps.backends == ("loop", "foreach", "compiled") and caps.supports_complex
+
+
 def test_nadamw_is_nadam_with_decoupled_decay() -> None:
     opt = optforge.create_optimizer("nadamw", [nn.Parameter(torch.zeros(2))], lr=1e-3)
     assert isinstance(opt, torch.optim.NAdam) and opt.defaults["decoupled_weight_decay"]

@@ -207,6 +207,21 @@ def _register_builtins() -> None:
             supports_complex=True, state_dtypes="param; step fp32 on CPU", backends=forge.backends
         ),
     )
+    # Same convention: "adamw" stays torch.optim.AdamW (the harness's AdamW baseline and its
+    # recorded results use it); optforge's, on the written-once rule, is "optforge_adamw".
+    register_optimizer(
+        "optforge_adamw",
+        "optforge.optim.adamw:AdamW",
+        description="optforge.optim.AdamW (Loshchilov and Hutter, 2019): torch.optim.AdamW's "
+        "defaults on optforge's backends and Triton kernel, with master weights and stochastic "
+        "rounding for bf16 parameters",
+        capabilities=Capabilities(
+            supports_complex=True,
+            state_dtypes="fp32 moments (and fp32 master with master_weights) for bf16/fp16 "
+            "params, the param's dtype otherwise; step fp32 on CPU",
+            backends=("loop", "foreach", "compiled"),
+        ),
+    )
     # "sgd" stays torch.optim.SGD (the plain names are torch's classes, and the harness's
     # sgd_momentum baseline with its recorded results uses it); optforge's drop-in, on the
     # rule and kernels of optforge.kernels, is "optforge_sgd".

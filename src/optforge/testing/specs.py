@@ -159,17 +159,28 @@ SPECS = [
         forge=False,
     ),
     Spec(
-        "AdamW",
+        "optforge_AdamW",
         AdamW,
-        configs=[{"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.1, "betas": (0.8, 0.99)}],
+        configs=[
+            {"lr": 1e-2},
+            {"lr": 1e-2, "weight_decay": 0.1, "betas": (0.8, 0.99)},
+            # the bf16 options (no-ops on fp32 parameters; the bf16 runs of backends_match_the_loop
+            # exercise them): fp32 master weights, and stochastic rounding with and without them
+            {"lr": 1e-2, "master_weights": True},
+            {"lr": 1e-2, "stochastic_rounding": True, "seed": 3},
+            {"lr": 1e-2, "master_weights": True, "stochastic_rounding": True, "seed": 5},
+        ],
         errors=_COMMON_ERRORS
         + [
             ({"eps": 0.0}, ValueError, r"eps must be > 0"),
             ({"betas": (0.9, 1.0)}, ValueError, r"betas\[1\] must be in \[0.0, 1.0\)"),
+            ({"weight_decay": -1.0}, ValueError, r"weight_decay must be >= 0"),
+            ({"seed": -1}, ValueError, r"seed must be >= 0"),
+            ({"stochastic_rounding": 1}, TypeError, r"stochastic_rounding must be True or False"),
+            ({"master_weights": "yes"}, TypeError, r"master_weights must be True or False"),
+            ({"backend": "cuda"}, ValueError, r"backend must be one of"),
         ],
-        capabilities=Capabilities(
-            supports_complex=True, state_dtypes="fp32 for bf16/fp16", backends=("loop", "foreach")
-        ),
+        capabilities=get_optimizer_entry("optforge_adamw").capabilities,
     ),
     Spec(
         "optforge_SGD",
