@@ -493,11 +493,6 @@ FORGE_OPTIM_DB: list[ForgeOptimizerInfo] = [
     ForgeOptimizerInfo(
         ForgeAdamW,
         label="optforge_AdamW",  # torch's AdamW, the control, is "AdamW"
-        fused_xfail={
-            torch.float16: "the eager rule computes g·g·(1 − β2) in fp16 before it meets the "
-            "fp32 moment: for |g| < 2^-12.5/√(1 − β2) (5.5e-3 at β2 = 0.999) it underflows to 0, "
-            "v stays 0 and the step is m̂/ε (hundreds, not ~lr); compiled code computes in fp32",
-        },
         optim_inputs_func=optim_inputs_func_forge_adamw,
         optim_error_inputs_func=optim_error_inputs_func_forge_adamw,
         supported_impls=("foreach", "fused"),

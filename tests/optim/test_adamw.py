@@ -203,12 +203,8 @@ def test_bf16_options_resume_bit_for_bit_with_state_dtypes_kept(
                 assert torch.equal(p.detach(), st["master"].bfloat16())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: on fp16 parameters the eager rule squares the fp16 gradient and "
-    "scales it by 1 − β2 in fp16, which underflows to 0 for |g| < 2^-12.5/√(1 − β2) (5.5e-3 "
-    "at β2 = 0.999), so v stays 0 and the step is m̂/ε; the compiled path computes in fp32",
-)
+# Regression: the eager rule squared the fp16 gradient in fp16 (g²·(1 − β2) underflowed to 0,
+# v stayed 0 and the first step was m̂/ε, hundreds instead of ~lr).
 def test_fp16_parameters_take_steps_of_about_lr() -> None:
     p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
     opt = AdamW([p], lr=1e-3, weight_decay=0.0, backend="loop")

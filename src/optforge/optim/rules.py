@@ -101,6 +101,9 @@ def adam_direction(
     ``m ← β1·m + (1−β1)·g`` and ``v ← β2·v + (1−β2)·g²`` first; the bias corrections
     ``1 − β^t`` are passed in (1.0 turns them off).
     """
+    # The gradient meets the moments in their dtype: an fp16 g² under fp32 moments underflows
+    # to 0 for |g| < 2^-12 (v stays 0 and the step becomes m̂/ε, ~1e3x too large).
+    grad = grad.to(exp_avg.dtype)
     exp_avg = exp_avg * beta1 + grad * (1 - beta1)
     exp_avg_sq = exp_avg_sq * beta2 + grad * grad * (1 - beta2)
     update = (exp_avg / bias_correction1) / (exact_sqrt(exp_avg_sq / bias_correction2) + eps)
