@@ -161,13 +161,13 @@ SPECS = [
     Spec(
         "optforge_AdamW",
         AdamW,
+        # Three configurations, not one per flag: each compiles its own graphs in
+        # backends_match_the_loop, ~20 s apiece with a cold inductor cache (CI's case).
         configs=[
-            {"lr": 1e-2},
             {"lr": 1e-2, "weight_decay": 0.1, "betas": (0.8, 0.99)},
             # the bf16 options (no-ops on fp32 parameters; the bf16 runs of backends_match_the_loop
-            # exercise them): fp32 master weights, and stochastic rounding with and without them
+            # exercise them): fp32 master weights, then with stochastic rounding too
             {"lr": 1e-2, "master_weights": True},
-            {"lr": 1e-2, "stochastic_rounding": True, "seed": 3},
             {"lr": 1e-2, "master_weights": True, "stochastic_rounding": True, "seed": 5},
         ],
         errors=_COMMON_ERRORS
