@@ -203,8 +203,7 @@ def test_non_contiguous_and_unserved_dtypes_take_the_eager_rule() -> None:
 
 
 def test_without_a_compiler_the_eager_rule_runs(monkeypatch) -> None:
-    monkeypatch.setattr(eightbit_cpu, "_LIB", None)
-    monkeypatch.setattr(eightbit_cpu, "_TRIED", True)
+    monkeypatch.setattr(eightbit_cpu, "_load", lambda: None)
     assert not eightbit_cpu.available()
     assert eightbit_cpu.run("adamw8bit", [[torch.zeros(1)]] * 6, {}) == [0]  # serves nothing
     fast = _run(AdamW8bit, torch.float32, 2)

@@ -17,8 +17,9 @@ import platform
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["build", "compiler"]
 
@@ -91,3 +92,22 @@ def build(
             RuntimeWarning, stacklevel=3,
         )
         return None
+
+
+_LOADED: dict[Path, Any] = {}
+
+
+def load(
+    source: Path, flags: Sequence[str], *, switch: str, fallback: str,
+    declare: Callable[[ctypes.CDLL], None], optional: Sequence[str] = (),
+) -> ctypes.CDLL | None:
+    """``build`` once per process and source, then ``declare`` (the functions' ctypes
+    signatures); None when the environment variable ``switch`` is ``"0"`` or the build fails."""
+    if source not in _LOADED:
+        lib = None
+        if os.environ.get(switch, "1") != "0":
+            lib = build(source, flags, optional=optional, fallback=fallback)
+            if lib is not None:
+                declare(lib)
+        _LOADED[source] = lib
+    return _LOADED[source]

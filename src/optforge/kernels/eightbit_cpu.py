@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +50,6 @@ E_LO = 103
 ROW_ONE = 25
 SIGN_SHIFT = 13
 
-_LIB: Any = None
-_TRIED = False
 _TABLES: dict[bool, tuple[Tensor, Tensor]] = {}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
@@ -98,27 +95,20 @@ def _tables(signed: bool) -> tuple[Tensor, Tensor]:
     return _TABLES[signed]
 
 
-def _load() -> Any:
-    """The compiled library, built on first use; None (and a warning once) if it cannot be."""
-    global _LIB, _TRIED
-    if _TRIED:
-        return _LIB
-    _TRIED = True
-    if os.environ.get("OPTFORGE_NATIVE_8BIT", "1") == "0":
-        return None
-    lib = cbuild.build(
-        _SOURCE, _FLAGS, optional=_GATHER,
-        fallback="the 8-bit optimizers run their eager rule on CPU (~10x slower)",
-    )
-    if lib is None:
-        return None
+def _declare(lib: Any) -> None:
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.adamw8bit.argtypes = [i64, *[p] * 8, c_int, c_int, c_int, *[p] * 5, c_int]
     lib.lion8bit.argtypes = [i64, *[p] * 6, c_int, c_int, c_int, *[p] * 3, c_int]
     lib.quantize8bit.argtypes = [i64, p, p, p, p, c_int]
     lib.adamw8bit.restype = lib.lion8bit.restype = lib.quantize8bit.restype = None
-    _LIB = lib
-    return lib
+
+
+def _load() -> Any:
+    """The compiled library, built on first use; None (and a warning once) if it cannot be."""
+    return cbuild.load(
+        _SOURCE, _FLAGS, switch="OPTFORGE_NATIVE_8BIT", optional=_GATHER, declare=_declare,
+        fallback="the 8-bit optimizers run their eager rule on CPU (~10x slower)",
+    )
 
 
 def available() -> bool:

@@ -25,7 +25,6 @@ bits), which the dispatch runs on the tier ``auto`` would use without it.
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,27 +43,13 @@ _SOURCE = Path(__file__).with_name("exact_cpu.c")
 #: value) without an errno branch; -fno-trapping-math changes no result either.
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
           "-fno-trapping-math", "-shared", "-fPIC")
-_LIB: Any = None
-_TRIED = False
 _BLOCK = 0  # elements per block, read from the library (exact_block)
 #: dtype codes of all_finite
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
 
 
-def _load() -> Any:
-    """The compiled library, built on first use; None (and a warning once) if it cannot be."""
-    global _LIB, _TRIED, _BLOCK
-    if _TRIED:
-        return _LIB
-    _TRIED = True
-    if os.environ.get("OPTFORGE_NATIVE_EXACT", "1") == "0":
-        return None
-    lib = cbuild.build(
-        _SOURCE, _FLAGS,
-        fallback="Lion, AdamW and SGD run their eager rule on CPU (compiled after 30 s)",
-    )
-    if lib is None:
-        return None
+def _declare(lib: Any) -> None:
+    global _BLOCK
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.lion.argtypes = [i64, p, p, p, p, p, p, c_int, c_int, c_int]
     lib.adam.argtypes = [i64, p, p, p, p, p, p, p, c_int, c_int, c_int, c_int]
@@ -74,8 +59,14 @@ def _load() -> Any:
     lib.exact_block.restype = i64
     lib.lion.restype = lib.adam.restype = lib.sgd_momentum.restype = None
     _BLOCK = int(lib.exact_block())
-    _LIB = lib
-    return lib
+
+
+def _load() -> Any:
+    """The compiled library, built on first use; None (and a warning once) if it cannot be."""
+    return cbuild.load(
+        _SOURCE, _FLAGS, switch="OPTFORGE_NATIVE_EXACT", declare=_declare,
+        fallback="Lion, AdamW and SGD run their eager rule on CPU (compiled after 30 s)",
+    )
 
 
 def available() -> bool:
