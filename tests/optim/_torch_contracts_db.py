@@ -443,8 +443,6 @@ class ForgeOptimizerInfo(OptimizerInfo):
             value is read from the constructed optimizer.
         noisy: the step adds seeded noise (pieces of a tensor get different noise).
         label: the test id, where the class name is taken (optforge's and torch's AdamW).
-        fused_xfail: dtype -> reason, a known defect that the slow fused-vs-loop test shows for
-            that dtype (marked xfail strict, so a fix makes the test report it).
     """
 
     def __init__(
@@ -455,12 +453,10 @@ class ForgeOptimizerInfo(OptimizerInfo):
         moves_without_grad: tuple[str, ...] = ("weight_decay",),
         noisy: bool = False,
         label: str | None = None,
-        fused_xfail: dict[torch.dtype, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(optim_cls, **kwargs)
         self.label = label
-        self.fused_xfail = fused_xfail or {}
         self.elementwise = elementwise
         self.moves_without_grad = moves_without_grad
         self.noisy = noisy

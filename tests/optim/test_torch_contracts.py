@@ -643,10 +643,8 @@ def test_fused_matches_forloop(info: ForgeOptimizerInfo) -> None:
 )
 @pytest.mark.parametrize("info", _infos_with("fused"), ids=_info_id)
 def test_fused_matches_forloop_all_inputs_and_dtypes(
-    info: ForgeOptimizerInfo, dtype: torch.dtype, request: pytest.FixtureRequest
+    info: ForgeOptimizerInfo, dtype: torch.dtype
 ) -> None:
-    if dtype in info.fused_xfail:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=info.fused_xfail[dtype]))
     _derived_parity(info, "fused", dtype)
 
 
