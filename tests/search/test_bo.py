@@ -310,8 +310,6 @@ def test_categorical_kernel_is_part_of_the_checkpointed_configuration() -> None:
         ValueError, match=r"categorical_kernel must be one of \['onehot', 'hamming'\]"
     ):
         BayesianOptimization(MIXED, categorical_kernel="index")
-    with pytest.raises(ValueError, match=r"max_enumerate must be >= 1 \(got 0\)"):
-        BayesianOptimization(MIXED, max_enumerate=0)
 
 
 def test_hamming_kernel_leaves_a_space_without_categoricals_bit_identical() -> None:
@@ -320,20 +318,3 @@ def test_hamming_kernel_leaves_a_space_without_categoricals_bit_identical() -> N
     _drive(a, branin, 9)
     _drive(b, branin, 9)
     np.testing.assert_array_equal(a._X, b._X)
-
-
-def test_max_enumerate_reaches_the_acquisition_search(monkeypatch) -> None:
-    import optforge.search.bo.optimizer as optimizer_module
-
-    seen = []
-    real = optimizer_module.optimize_acquisition
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs["max_enumerate"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(optimizer_module, "optimize_acquisition", recording)
-    space = SearchSpace({"x": Real(0.0, 1.0), "k": Integer(-10, 10)})
-    bo = BayesianOptimization(space, seed=0, n_initial=3, max_enumerate=21, n_raw_samples=128)
-    _drive(bo, lambda c: (c["x"] - 0.3) ** 2 + 0.01 * (c["k"] - 4) ** 2, 5)
-    assert seen == [21, 21]
