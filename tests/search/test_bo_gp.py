@@ -291,6 +291,9 @@ def test_hamming_errors() -> None:
         GaussianProcess(categorical_blocks=[[]])
     with pytest.raises(ValueError, match=r"categorical_blocks column must be >= 0"):
         GaussianProcess(categorical_blocks=[[-1, 0]])
+    with pytest.raises(TypeError, match=r"categorical_blocks column must be an int \(got float"):
+        GaussianProcess(categorical_blocks=[[1.5, 2]])
+    assert GaussianProcess(categorical_blocks=[np.arange(2, 4)]).categorical_blocks == ((2, 3),)
     with pytest.raises(TypeError, match="categorical_blocks must be a sequence"):
         GaussianProcess(categorical_blocks=3)
     X, y = _mixed_data()

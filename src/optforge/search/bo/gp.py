@@ -131,7 +131,12 @@ def _check_blocks(blocks: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...
         )
     out, seen = [], set()
     for b in blocks:
-        cols = tuple(check_int("categorical_blocks column", int(c), low=0) for c in b)
+        cols = tuple(
+            check_int(
+                "categorical_blocks column", int(c) if isinstance(c, np.integer) else c, low=0
+            )
+            for c in b
+        )
         if not cols or len(set(cols)) != len(cols) or seen & set(cols):
             raise ValueError(
                 f"categorical_blocks must be non-empty, disjoint blocks of distinct columns "
