@@ -352,7 +352,7 @@ def table(path: Path, label: str, against: str, ns: list[int]) -> None:
             if np.median(a) > np.median(b):
                 losers.append(f"{p} N={n}")
         for s in seeds:
-            if ours[s]["together"] and theirs[s]["together"]:
+            if ours[s].get("together") and theirs[s].get("together"):
                 ta, tb = np.median(ours[s]["ask_s"][10:]), np.median(theirs[s]["ask_s"][10:])
                 ratios.append((p, ta / tb, ours[s]["load"]))
         print(f"| {p} ({len(seeds)} seeds) | " + " | ".join(cells) + " |")

@@ -123,15 +123,18 @@ def test_batch_ask_gives_distinct_points_and_partial_tells_work() -> None:
     assert bo.n_observations == 9
 
 
-@pytest.mark.parametrize("surrogate", ["gp", "ensemble"])
+@pytest.mark.parametrize("surrogate", ["gp", "gp-hamming", "ensemble"])
 def test_resume_gives_the_same_next_asks(surrogate: str) -> None:
     def make() -> BayesianOptimization:
         s = (
             "gp"
-            if surrogate == "gp"
+            if surrogate.startswith("gp")
             else DeepEnsemble(n_members=3, hidden=(16,), steps=40, condition_steps=10)
         )
-        return BayesianOptimization(MIXED, seed=11, n_initial=4, surrogate=s, n_raw_samples=256)
+        kernel = "hamming" if surrogate == "gp-hamming" else "onehot"
+        return BayesianOptimization(
+            MIXED, seed=11, n_initial=4, surrogate=s, n_raw_samples=256, categorical_kernel=kernel
+        )
 
     reference = make()
     _drive(reference, mixed_objective, 6)
@@ -274,3 +277,44 @@ def test_suggestions_run_single_threaded_and_restore_the_thread_counts() -> None
     finally:
         torch.set_num_threads(before)
     assert seen and all(t == 1 and set(b) <= {1} for t, b in seen)
+
+
+def test_hamming_kernel_fits_and_asks_on_a_mixed_space() -> None:
+    bo = BayesianOptimization(MIXED, seed=1, n_initial=6, categorical_kernel="hamming")
+    _drive(bo, mixed_objective, 14)
+    for config, _ in bo.observations:
+        MIXED.encode(config)  # raises if invalid
+    assert bo.best[1] < min(v for _, v in bo.observations[:6])
+    # x, lr, k and one lengthscale for the 3-way categorical (one-hot: 3)
+    assert bo._surrogate.hyperparameters.lengthscales.shape == (4,)
+    assert BayesianOptimization(MIXED, seed=1)._surrogate.categorical_blocks == ()
+
+
+def test_categorical_kernel_is_part_of_the_checkpointed_configuration() -> None:
+    bo = BayesianOptimization(MIXED, seed=1, n_initial=3, categorical_kernel="hamming")
+    _drive(bo, mixed_objective, 4)
+    state = bo.state_dict()
+    with pytest.raises(ValueError, match=r"categorical_kernel \(saved 'hamming', here 'onehot'\)"):
+        BayesianOptimization(MIXED, seed=1, n_initial=3).load_state_dict(state)
+    # states written before the option existed were one-hot
+    old = BayesianOptimization(MIXED, seed=1, n_initial=3)
+    _drive(old, mixed_objective, 4)
+    state = old.state_dict()
+    del state["config"]["categorical_kernel"]
+    BayesianOptimization(MIXED, seed=1, n_initial=3).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"categorical_kernel \(saved 'onehot', here 'hamming'"):
+        BayesianOptimization(
+            MIXED, seed=1, n_initial=3, categorical_kernel="hamming"
+        ).load_state_dict(state)
+    with pytest.raises(
+        ValueError, match=r"categorical_kernel must be one of \['onehot', 'hamming'\]"
+    ):
+        BayesianOptimization(MIXED, categorical_kernel="index")
+
+
+def test_hamming_kernel_leaves_a_space_without_categoricals_bit_identical() -> None:
+    a = BayesianOptimization(BRANIN, seed=4, n_initial=5)
+    b = BayesianOptimization(BRANIN, seed=4, n_initial=5, categorical_kernel="hamming")
+    _drive(a, branin, 9)
+    _drive(b, branin, 9)
+    np.testing.assert_array_equal(a._X, b._X)

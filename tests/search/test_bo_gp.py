@@ -10,7 +10,7 @@ import torch
 from scipy.stats import multivariate_normal
 
 from optforge.search.bo import GaussianProcess, GPHyperparameters
-from optforge.search.bo.gp import log_marginal_likelihood, matern52
+from optforge.search.bo.gp import kernel_input_map, log_marginal_likelihood, matern52
 
 
 def _matern_np(A: np.ndarray, B: np.ndarray, ls: np.ndarray, s: float) -> np.ndarray:
@@ -64,11 +64,7 @@ def test_log_marginal_likelihood_matches_scipy() -> None:
     assert float(lml) == pytest.approx(ref, rel=1e-10)
 
 
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_objective_gradient_matches_finite_differences_and_autograd(deterministic: bool) -> None:
-    X, y = _data(n=20)
-    gp = GaussianProcess(deterministic_objective=deterministic).set_hyperparameters(X, y, HYPER)
-    theta = np.array([0.3, -1.2, 0.8, 0.5, -2.0])
+def _assert_gradient_matches_autograd_and_fd(gp: GaussianProcess, theta: np.ndarray) -> None:
     value, grad = gp.objective_and_grad(theta)
     t = torch.from_numpy(theta).requires_grad_(True)
     auto_value = gp.objective(t)
@@ -84,8 +80,15 @@ def test_objective_gradient_matches_finite_differences_and_autograd(deterministi
         ]
     )
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6)
-    if deterministic:
+    if gp.deterministic_objective:
         assert grad[-1] == 0.0  # the noise is not a free parameter
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_objective_gradient_matches_finite_differences_and_autograd(deterministic: bool) -> None:
+    X, y = _data(n=20)
+    gp = GaussianProcess(deterministic_objective=deterministic).set_hyperparameters(X, y, HYPER)
+    _assert_gradient_matches_autograd_and_fd(gp, np.array([0.3, -1.2, 0.8, 0.5, -2.0]))
 
 
 def test_fit_finds_relevant_dimensions_and_improves_the_objective() -> None:
@@ -200,3 +203,103 @@ def test_fit_starts_from_the_previous_fit_and_the_default(monkeypatch) -> None:
     starts.clear()
     GaussianProcess(n_restarts=3).fit(X, y, rng=np.random.default_rng(0))
     assert len(starts) == 3  # the default and two random perturbations of it
+
+
+# ---------------------------------------------------------------- Hamming categorical kernel
+# Encoded layout: a real, a 3-way categorical's one-hot block (columns 1-3), a real.
+BLOCKS = [[1, 2, 3]]
+
+
+def _mixed_data(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = np.zeros((n, 5))
+    X[:, 0], X[:, 4] = rng.random(n), rng.random(n)
+    cat = rng.integers(0, 3, n)
+    X[np.arange(n), 1 + cat] = 1.0
+    y = np.sin(5 * X[:, 0]) + np.array([0.0, 1.0, -0.5])[cat] + 0.1 * X[:, 4]
+    return X, y
+
+
+def test_hamming_kernel_input_map_and_distance_of_a_known_pair() -> None:
+    P = kernel_input_map(5, BLOCKS)
+    # inputs: column 0, the block (where its first column is), column 4
+    expected = np.array([[1, 0, 0], [0, 0.5, 0], [0, 0.5, 0], [0, 0.5, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(P, expected)
+    a = np.array([0.2, 1.0, 0.0, 0.0, 0.9])  # choice 0
+    b = np.array([0.5, 0.0, 0.0, 1.0, 0.9])  # choice 2
+    np.testing.assert_array_equal((a - b) ** 2 @ P, [0.09, 1.0, 0.0])  # Hamming 1, not 2
+    np.testing.assert_array_equal((a - a) ** 2 @ P, [0.0, 0.0, 0.0])
+    # r2 with lengthscales (0.5, 2, 1): 0.09 / 0.25 + 1 / 4
+    gp = GaussianProcess(categorical_blocks=BLOCKS)
+    X, y = _mixed_data()
+    gp.set_hyperparameters(X, y, GPHyperparameters(np.array([0.5, 2.0, 1.0]), 1.0, 0.1))
+    r2 = float(((a - b) ** 2) @ gp._rho_cols.numpy())
+    assert r2 == pytest.approx(0.09 / 0.25 + 1 / 4, rel=1e-14)
+    assert gp.hyperparameters.lengthscales.shape == (3,)
+    # per encoded column, a block's columns carry sqrt(2) l (their weight 1/2)
+    np.testing.assert_allclose(gp.lengthscales, [0.5, 2 * 2**0.5, 2 * 2**0.5, 2 * 2**0.5, 1.0])
+
+
+def test_hamming_posterior_matches_plain_numpy_formula_and_tied_one_hot() -> None:
+    X, y = _mixed_data()
+    ls, s, noise = np.array([0.3, 0.8, 1.5]), 1.3, 0.05
+    gp = GaussianProcess(categorical_blocks=BLOCKS).set_hyperparameters(
+        X, y, GPHyperparameters(ls, s, noise)
+    )
+    Xq, _ = _mixed_data(n=30, seed=1)
+    mean, var = gp.posterior(torch.from_numpy(Xq))
+
+    def k(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        d0 = (A[:, None, 0] - B[None, :, 0]) ** 2 / ls[0] ** 2
+        dc = (A[:, None, 1:4] != B[None, :, 1:4]).any(-1) / ls[1] ** 2  # Hamming
+        d4 = (A[:, None, 4] - B[None, :, 4]) ** 2 / ls[2] ** 2
+        r = np.sqrt(d0 + dc + d4)
+        return s * (1 + math.sqrt(5) * r + 5 / 3 * r**2) * np.exp(-math.sqrt(5) * r)
+
+    mu, sd = y.mean(), y.std()
+    C = k(X, X) + noise * np.eye(len(X))
+    Kq = k(Xq, X)
+    np.testing.assert_allclose(mean.numpy(), mu + sd * Kq @ np.linalg.solve(C, (y - mu) / sd))
+    ref_var = sd**2 * (s - np.einsum("ij,ji->i", Kq, np.linalg.solve(C, Kq.T)))
+    np.testing.assert_allclose(var.numpy(), ref_var, rtol=1e-8, atol=1e-12)
+    # the one-hot kernel with the block's lengthscales tied at sqrt(2) l is the same model
+    tied = np.array([ls[0], *[ls[1] * 2**0.5] * 3, ls[2]])
+    onehot = GaussianProcess().set_hyperparameters(X, y, GPHyperparameters(tied, s, noise))
+    m1, v1 = onehot.posterior(torch.from_numpy(Xq))
+    np.testing.assert_allclose(m1.numpy(), mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(v1.numpy(), var.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_hamming_objective_gradient_and_fit() -> None:
+    X, y = _mixed_data(n=30)
+    gp = GaussianProcess(categorical_blocks=BLOCKS)
+    gp.set_hyperparameters(X, y, GPHyperparameters(np.array([0.3, 0.8, 1.5]), 1.3, 0.05))
+    # 3 lengthscales (the block's one among them), s, noise
+    _assert_gradient_matches_autograd_and_fd(gp, np.array([0.3, -1.2, 0.8, 0.5, -2.0]))
+    gp.fit(X, y, rng=np.random.default_rng(0))
+    assert gp._theta.shape == (5,)
+    ls = gp.hyperparameters.lengthscales
+    assert ls[0] < ls[2]  # y varies fast in column 0, barely in column 4
+    mean, _ = gp.posterior(torch.from_numpy(X))
+    np.testing.assert_allclose(mean.numpy(), y, atol=0.05 * y.std())  # the category effect fits
+
+
+def test_hamming_errors() -> None:
+    with pytest.raises(ValueError, match="non-empty, disjoint blocks"):
+        GaussianProcess(categorical_blocks=[[1, 2], [2, 3]])
+    with pytest.raises(ValueError, match="non-empty, disjoint blocks"):
+        GaussianProcess(categorical_blocks=[[]])
+    with pytest.raises(ValueError, match=r"categorical_blocks column must be >= 0"):
+        GaussianProcess(categorical_blocks=[[-1, 0]])
+    with pytest.raises(TypeError, match=r"categorical_blocks column must be an int \(got float"):
+        GaussianProcess(categorical_blocks=[[1.5, 2]])
+    assert GaussianProcess(categorical_blocks=[np.arange(2, 4)]).categorical_blocks == ((2, 3),)
+    with pytest.raises(TypeError, match="categorical_blocks must be a sequence"):
+        GaussianProcess(categorical_blocks=3)
+    X, y = _mixed_data()
+    with pytest.raises(ValueError, match="name column 7, but the inputs have 5 columns"):
+        GaussianProcess(categorical_blocks=[[6, 7]]).fit(X, y, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"lengthscales must be positive with shape \(3,\)"):
+        GaussianProcess(categorical_blocks=BLOCKS).set_hyperparameters(
+            X, y, GPHyperparameters(np.ones(5), 1.0, 0.1)
+        )

@@ -94,6 +94,16 @@ def test_categorical_is_one_hot_and_integer_is_cell_centred() -> None:
     np.testing.assert_array_equal(space.encode({"c": "b", "k": 2}), [0, 1, 0, 2.5 / 4])
     assert space.encoded_dim == 4
     assert space.decode(np.array([0.2, 0.1, 0.7, 0.99]))["c"] == "c"
+    assert space.categorical_blocks() == [[0, 1, 2]]
+    two = SearchSpace(
+        {
+            "x": Real(0, 1),
+            "c": Categorical(["a", "b"]),
+            "k": Integer(0, 3),
+            "d": Categorical([1, 2, 3]),
+        }
+    )
+    assert two.categorical_blocks() == [[1, 2], [4, 5, 6]]
 
 
 @pytest.mark.parametrize(

@@ -10,22 +10,32 @@ symbol                shape         meaning
 ``y_mean, y_std``     scalars       standardization: ``z = (y - y_mean) / y_std``
 ``z``                 ``(n,)``      standardized targets (the GP models ``z``, zero prior mean)
 ``x``                 ``(..., d)``  query points
-``rho``               ``(d,)``      inverse squared lengthscales, ``rho_j = 1 / l_j**2``
+``p``                               kernel inputs: ``d``, less one per column of each
+                                    categorical block after its first (Hamming kernel)
+``P``                 ``(d, p)``    weight of column ``j``'s squared difference in input ``k``
+                                    (identity without categorical blocks)
+``rho``               ``(p,)``      inverse squared lengthscales, ``rho_k = 1 / l_k**2``
 ``s``                 ``()``        signal variance (kernel scale), standardized units
 ``noise``             ``()``        observation-noise variance, standardized units
-``r2``                ``(..., n)``  scaled squared distance ``sum_j rho_j (x_j - X_ij)**2``
+``r2``                ``(..., n)``  scaled squared distance ``sum_j (P rho)_j (x_j - X_ij)**2``
 ``K``                 ``(n, n)``    ``k(X, X) = s * matern52(r2)``
 ``C, L``              ``(n, n)``    ``C = K + noise * I = L @ L.T`` (lower Cholesky factor)
 ``alpha``             ``(n,)``      ``C^{-1} z``
 ``k_x``               ``(..., n)``  ``k(x, X)``
 ``mean, var``         ``(...)``     ``k_x @ alpha`` and ``s - k_x C^{-1} k_x^T`` (latent f,
                                     no noise), mapped back to the caller's units
-``theta``             ``(d + 2,)``  raw parameters optimized: ``[log rho, log s,
+``theta``             ``(p + 2,)``  raw parameters optimized: ``[log rho, log s,
                                     log(noise - min_noise)]``
 ====================  ============  ==========================================================
 
 Kernel: ``k(x, x') = s (1 + sqrt(5 r2) + 5/3 r2) exp(-sqrt(5 r2))`` (Matérn 5/2, Rasmussen &
-Williams 2006, eq. 4.17), one lengthscale per input column (ARD).
+Williams 2006, eq. 4.17), one lengthscale per input column (ARD). With ``categorical_blocks``
+the columns of each block (a categorical's one-hot encoding) form one kernel input whose
+squared distance is the Hamming distance, 0 for the same choice and 1 for different ones,
+computed as half the squared distance of the two one-hot vectors, with one lengthscale per
+block: Optuna GPSampler's categorical kernel (``optuna/_gp/gp.py``). Without blocks every
+one-hot column has its own lengthscale and two different choices ``a, b`` are at squared
+distance ``rho_a + rho_b``.
 
 Fitting maximizes ``log p(z | X, theta) + log p(theta)`` over ``theta`` with scipy's L-BFGS-B
 and analytic gradients (tested against torch autograd and finite differences), from several
@@ -48,6 +58,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +73,7 @@ from optforge.search.bo.surrogate import Surrogate, as_training_data
 __all__ = [
     "GPHyperparameters",
     "GaussianProcess",
+    "kernel_input_map",
     "log_marginal_likelihood",
     "log_prior",
     "matern52",
@@ -109,6 +121,54 @@ def _sq_dist(x1: torch.Tensor, x2: torch.Tensor, rho: torch.Tensor) -> torch.Ten
     # sits right next to training points).
     diff = x1.unsqueeze(-2) - x2
     return (diff * diff) @ rho
+
+
+def _check_blocks(blocks: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, (Sequence, np.ndarray)):
+        raise TypeError(
+            f"categorical_blocks must be a sequence of column-index sequences "
+            f"(got {type(blocks).__name__})"
+        )
+    out, seen = [], set()
+    for b in blocks:
+        cols = tuple(
+            check_int(
+                "categorical_blocks column", int(c) if isinstance(c, np.integer) else c, low=0
+            )
+            for c in b
+        )
+        if not cols or len(set(cols)) != len(cols) or seen & set(cols):
+            raise ValueError(
+                f"categorical_blocks must be non-empty, disjoint blocks of distinct columns "
+                f"(got {[list(x) for x in blocks]})"
+            )
+        seen |= set(cols)
+        out.append(cols)
+    return tuple(out)
+
+
+def kernel_input_map(d: int, blocks: Sequence[Sequence[int]]) -> np.ndarray:
+    """``P`` ``(d, p)``: the weight of encoded column ``j``'s squared difference in kernel input
+    ``k``. A plain column is its own input (weight 1); the columns of a block share one input,
+    placed where the block's first column is, with weight 1/2, so two one-hot vectors of
+    different choices (two columns differ by 1) are at distance exactly 1."""
+    first = {min(b): b for b in blocks}
+    in_block = {c for b in blocks for c in b}
+    if in_block and max(in_block) >= d:
+        raise ValueError(
+            f"categorical_blocks name column {max(in_block)}, but the inputs have {d} columns"
+        )
+    cols: list[dict[int, float]] = []
+    for j in range(d):
+        if j in first:
+            cols.append({c: 0.5 for c in first[j]})
+        elif j not in in_block:
+            cols.append({j: 1.0})
+    P = np.zeros((d, len(cols)))
+    for k, weights in enumerate(cols):
+        for j, w in weights.items():
+            P[j, k] = w
+    return P
 
 
 def log_prior(rho: torch.Tensor, s: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -175,6 +235,11 @@ class GaussianProcess(Surrogate):
             ``GPSampler(deterministic_objective=True)``). Default False.
         min_noise: noise-variance floor (standardized units), default 1e-6 (Optuna).
         gtol: L-BFGS-B projected-gradient tolerance, default 1e-2 (Optuna).
+        categorical_blocks: column indices of each categorical's one-hot block (e.g. from
+            :meth:`SearchSpace.categorical_blocks`); each block becomes one kernel input with
+            the Hamming distance and one lengthscale (see the module doc). Default none: one
+            lengthscale per column. Inputs that are not one-hot inside a block get half their
+            squared distance, a smooth extension.
     """
 
     def __init__(
@@ -184,13 +249,16 @@ class GaussianProcess(Surrogate):
         deterministic_objective: bool = False,
         min_noise: float = MIN_NOISE,
         gtol: float = 1e-2,
+        categorical_blocks: Sequence[Sequence[int]] = (),
     ) -> None:
         self.n_restarts = check_int("n_restarts", n_restarts, low=1)
         self.deterministic_objective = bool(deterministic_objective)
         self.min_noise = check_positive("min_noise", min_noise)
         self.gtol = check_positive("gtol", gtol)
+        self.categorical_blocks = _check_blocks(categorical_blocks)
         self._theta: np.ndarray | None = None  # the last fit's raw parameters (warm start)
         self._X: torch.Tensor | None = None
+        self._P: torch.Tensor | None = None  # (d, p) column -> kernel input; None: identity
 
     # -------------------------------------------------------------------- parameters
     def _unpack(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -279,18 +347,26 @@ class GaussianProcess(Surrogate):
         self._z = torch.from_numpy((y - self.y_mean) / self.y_std)
         self._sq_diff: torch.Tensor | None = None
         self._z_np = self._z.numpy()
+        d = X.shape[1]
+        self._P = (
+            torch.from_numpy(kernel_input_map(d, self.categorical_blocks))
+            if self.categorical_blocks
+            else None
+        )
+        #: number of kernel inputs (lengthscales)
+        self.n_inputs = d if self._P is None else self._P.shape[1]
 
     def _pairwise_sq_diff(self) -> torch.Tensor:
-        # (n, n, d), fixed while theta is fitted; dropped afterwards (n^2 d floats)
+        # (n, n, p) per kernel input, fixed while theta is fitted; dropped afterwards
         if self._sq_diff is None:
             diff = self._X.unsqueeze(-2) - self._X
-            self._sq_diff = diff * diff
+            self._sq_diff = diff * diff if self._P is None else (diff * diff) @ self._P
         return self._sq_diff
 
     def fit(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> GaussianProcess:
         """Standardize ``y``, then maximize the log posterior of ``theta`` (see module doc)."""
         self._set_data(X, y)
-        d = self._X.shape[1]
+        d = self.n_inputs
         default = self._default_theta(d)
         starts = []
         if self._theta is not None and self._theta.shape == default.shape:
@@ -336,9 +412,9 @@ class GaussianProcess(Surrogate):
         """Condition on ``(X, y)`` with given hyperparameters (no fitting). Returns ``self``."""
         self._set_data(X, y)
         ls = np.asarray(hyperparameters.lengthscales, dtype=np.float64)
-        if ls.shape != (self._X.shape[1],) or not (ls > 0).all():
+        if ls.shape != (self.n_inputs,) or not (ls > 0).all():
             raise ValueError(
-                f"lengthscales must be positive with shape ({self._X.shape[1]},) (got {ls})"
+                f"lengthscales must be positive with shape ({self.n_inputs},) (got {ls})"
             )
         check_positive("signal_var", hyperparameters.signal_var)
         noise = check_positive("noise_var", hyperparameters.noise_var)
@@ -354,7 +430,9 @@ class GaussianProcess(Surrogate):
     def _factorize(self) -> None:
         with torch.no_grad():
             rho, s, noise = self._unpack(torch.from_numpy(self._theta))
-            C = s * matern52(_sq_dist(self._X, self._X, rho))
+            # per encoded column: r2 = sum_j (P rho)_j (x_j - X_j)^2 (P = identity: rho itself)
+            self._rho_cols = rho if self._P is None else self._P @ rho
+            C = s * matern52(_sq_dist(self._X, self._X, self._rho_cols))
             C.diagonal().add_(noise)
             self._sq_diff = None  # only needed while fitting
             self._rho, self._s, self._noise = rho, s, noise
@@ -364,7 +442,7 @@ class GaussianProcess(Surrogate):
     # --------------------------------------------------------------------- prediction
     @property
     def hyperparameters(self) -> GPHyperparameters:
-        """The fitted hyperparameters (standardized units)."""
+        """The fitted hyperparameters (standardized units), one lengthscale per kernel input."""
         self._check_fitted()
         return GPHyperparameters(
             lengthscales=(1.0 / torch.sqrt(self._rho)).numpy().copy(),
@@ -374,7 +452,11 @@ class GaussianProcess(Surrogate):
 
     @property
     def lengthscales(self) -> np.ndarray | None:
-        return None if self._X is None else self.hyperparameters.lengthscales
+        """One per encoded column ``(d,)``; a block's columns get ``sqrt(2) l`` of the block's
+        ``l`` (their weight 1/2). The kernel's own are in :attr:`hyperparameters`."""
+        if self._X is None:
+            return None
+        return (1.0 / torch.sqrt(self._rho_cols)).numpy().copy()
 
     def _check_fitted(self) -> None:
         if self._X is None:
@@ -389,7 +471,7 @@ class GaussianProcess(Surrogate):
         self._check_fitted()
         batch = x.shape[:-1]
         xf = x.reshape(-1, x.shape[-1])  # (m, d)
-        k_x = self._s * matern52(_sq_dist(xf, self._X, self._rho))  # (m, n)
+        k_x = self._s * matern52(_sq_dist(xf, self._X, self._rho_cols))  # (m, n)
         mean = k_x @ self._alpha  # (m,)
         v = torch.linalg.solve_triangular(self._L, k_x.T, upper=False)  # (n, m)
         var = (self._s - (v * v).sum(0)).clamp_min(0.0)

@@ -350,6 +350,15 @@ class SearchSpace:
         ]
         return np.array(cols, dtype=np.int64)
 
+    def categorical_blocks(self) -> list[list[int]]:
+        """The encoded columns of each ``Categorical``'s one-hot block, in column order (for
+        :class:`~optforge.search.bo.gp.GaussianProcess`'s Hamming kernel)."""
+        return [
+            list(range(sl.start, sl.stop))
+            for _, dim, sl in self.items()
+            if isinstance(dim, Categorical)
+        ]
+
     def discrete_groups(self, max_enumerate: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
         """Dimensions searched by enumeration: each ``Categorical`` and each ``Integer`` with at
         most ``max_enumerate`` values (Optuna's threshold, ``optuna/_gp/optim_mixed.py``), as
