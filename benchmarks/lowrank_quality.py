@@ -12,7 +12,8 @@ interrupted command resumes):
    with the papers' α = 0.25 (so lr = 4x the grid point; 0.008 is next to the scripts' 0.01).
 2. The lr with the lowest final validation loss per method is rerun on ``--final-seeds``.
    ``VARIANTS`` (GaLore with its moments rotated into each new basis, LISA with frozen blocks
-   keeping their moments) are rows of the same table and get the same sweep and seeds.
+   keeping their moments, LISA re-warming a re-drawn block's update) are rows of the same
+   table and get the same sweep and seeds.
 3. Table (markdown, printed), ``summary.json`` and the curves PNG are written.
 4. With ``--ablations``: the ``ABLATIONS`` runs (T, rank, switch policy, randomized SVD, which
    weights are projected, LISA's K, 3,000 steps, and a probe of the share of each gradient
@@ -72,10 +73,13 @@ LABELS = {"adamw": "AdamW", "galore": "GaLore", "fira": "Fira", "frugal": "FRUGA
           "lisa": "LISA"}
 PROJECTED = ("galore", "fira", "frugal")
 #: Extra rows of the main table, each given the same lr sweep and seeds as the methods:
-#: name -> (method, options, label). Both settings have an official precedent (docs page).
+#: name -> (method, options, label). The first two have an official precedent (docs page);
+#: the re-warm-up is ReLoRA's remedy for an optimizer-state reset, applied per layer.
 VARIANTS = {
     "galore_rotate": ("galore", {"on_switch": "rotate"}, "GaLore, moments rotated at a switch"),
     "lisa_keep": ("lisa", {"free_state": False}, "LISA, frozen blocks keep their moments"),
+    "lisa_rewarm": ("lisa", {"rewarm_steps": 10},
+                    "LISA, fresh moments, 10-step re-warm-up (optforge's option)"),
 }
 SCALE, BATCH = 0.25, 32
 

@@ -92,13 +92,14 @@ def test_per_layer_lowers_live_gradients_to_one_parameter() -> None:
     assert _live_grad_peak(_model(), per_layer=True) == max(sizes)
 
 
-def _lisa(seed=0, free_state=True):
+def _lisa(seed=0, free_state=True, rewarm_steps=0):
     torch.manual_seed(0)
     blocks = torch.nn.ModuleList(torch.nn.Linear(6, 6) for _ in range(4))
     head = torch.nn.Linear(6, 2)
     params = [p for b in blocks for p in b.parameters()] + list(head.parameters())
     opt = LISA(torch.optim.AdamW(params, lr=1e-2), [list(b.parameters()) for b in blocks],
-               n_active=1, period=3, seed=seed, free_state=free_state)  # fmt: skip
+               n_active=1, period=3, seed=seed, free_state=free_state,
+               rewarm_steps=rewarm_steps)  # fmt: skip
     return blocks, head, opt
 
 
@@ -111,8 +112,9 @@ def _lisa_step(blocks, head, opt, x):
     opt.step()
 
 
-def test_lisa_trains_sampled_layers_frees_state_and_resumes() -> None:
-    blocks, head, opt = _lisa()
+@pytest.mark.parametrize("rewarm_steps", [0, 5])
+def test_lisa_trains_sampled_layers_frees_state_and_resumes(rewarm_steps) -> None:
+    blocks, head, opt = _lisa(rewarm_steps=rewarm_steps)
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
     seen = set()
     for step in range(9):
@@ -136,7 +138,7 @@ def test_lisa_trains_sampled_layers_frees_state_and_resumes() -> None:
     final = [p.detach().clone() for p in [*blocks.parameters(), *head.parameters()]]
     saved.seek(0)
     ckpt = torch.load(saved, weights_only=True)
-    blocks2, head2, opt2 = _lisa()
+    blocks2, head2, opt2 = _lisa(rewarm_steps=rewarm_steps)
     with torch.no_grad():
         for p, v in zip([*blocks2.parameters(), *head2.parameters()], ckpt["model"]):
             p.copy_(v)
@@ -177,6 +179,46 @@ def test_lisa_keep_state_resumes_stale_moments() -> None:
     assert all(b.weight not in opt.state for i, b in enumerate(blocks) if i not in active)
 
 
+def _rewarm_deltas(rewarm_steps: int, steps: int) -> list[list[torch.Tensor]]:
+    """Per step, each block's weight change, under fixed gradients (so AdamW's moments, which
+    do not depend on lr, evolve the same with and without the re-warm-up)."""
+    blocks, head, opt = _lisa(rewarm_steps=rewarm_steps)
+    for group in opt.param_groups:  # decoupled decay would make the step depend on the weights
+        group["weight_decay"] = 0.0
+    gen = torch.Generator().manual_seed(3)
+    grads = [torch.randn(steps, *b.weight.shape, generator=gen) for b in blocks]
+    deltas = []
+    for t in range(steps):
+        before = [b.weight.detach().clone() for b in blocks]
+        active = opt.active_layers()
+        for i, b in enumerate(blocks):
+            b.weight.grad = grads[i][t].clone() if i in active else None
+        opt.step()
+        deltas.append([b.weight.detach() - w for b, w in zip(blocks, before)])
+    return deltas
+
+
+def test_lisa_rewarm_scales_a_fresh_layers_update_linearly() -> None:
+    """rewarm_steps=W: a layer's k-th step since it became active moves it by (k + 1)/W of the
+    step it would take without the re-warm-up (a run of consecutive draws counts as one
+    activation); from the W-th step on, by the whole step."""
+    W, steps = 5, 24  # period 3: a run of two consecutive draws outlasts W
+    plain, warm = _rewarm_deltas(0, steps), _rewarm_deltas(W, steps)
+    blocks, head, opt = _lisa()
+    since = {}
+    scaled = 0
+    for t in range(steps):
+        active = set(opt.active_layers())
+        since = {i: since.get(i, -1) + 1 for i in active}
+        for i in range(4):
+            w = min(1.0, (since[i] + 1) / W) if i in active else 0.0
+            # fp32 differences of weights ~0.4: a few 1e-8 of rounding
+            torch.testing.assert_close(warm[t][i], w * plain[t][i], rtol=1e-5, atol=2e-7)
+            scaled += 0 < w < 1
+        opt.lisa_step += 1  # follow the draws without stepping
+    assert scaled > 4
+
+
 def test_lisa_bad_input() -> None:
     p = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(ValueError, match=r"n_active must be <= 1 layers \(got 2\)"):
@@ -185,3 +227,5 @@ def test_lisa_bad_input() -> None:
         LISA(torch.optim.SGD([p], lr=0.1), [[torch.nn.Parameter(torch.zeros(1))]], n_active=1)
     with pytest.raises(TypeError, match="free_state must be True or False"):
         LISA(torch.optim.SGD([p], lr=0.1), [[p]], n_active=1, free_state=0)
+    with pytest.raises(ValueError, match="rewarm_steps"):
+        LISA(torch.optim.SGD([p], lr=0.1), [[p]], n_active=1, rewarm_steps=-1)
