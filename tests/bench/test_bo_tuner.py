@@ -206,6 +206,7 @@ def _study_values(records) -> list[float]:
     return [min(study_objectives(v, INFO["w1"])) for _, v in sorted(by_study.items())]
 
 
+@pytest.mark.slow  # ~20 s; the tuner's mechanics stay in the default run
 def test_bo_beats_halton_and_random_with_the_same_trials():
     """3 studies x 12 trials on a narrow valley: every BO study reaches the target, and the
     median over studies of the best trial (the harness's aggregate) is far better than

@@ -171,6 +171,7 @@ def _deterministic_part(records):
                                            for p in r["curve"]]) for r in records]
 
 
+@pytest.mark.slow  # ~17 s; test_executors keeps a real Dask cluster in the default run
 def test_dask_local_cluster_matches_local_pool(tmp_path):
     distributed = pytest.importorskip("distributed")
     local = run_benchmark(_tiny_config(), tmp_path / "local", jobs=2)

@@ -277,6 +277,7 @@ def test_non_finite_result_goes_through_the_policy():
         run(make_search(), nan_when_first_positive, budget=24, executor="inline")
 
 
+@pytest.mark.slow  # ~18 s; test_run_faults keeps a pool timeout in the default run
 def test_timeout_on_own_process_pool_kills_hung_workers():
     search = make_search(batch_size=6)
     history = run(search, sleeps_when_first_positive, budget=12, timeout=4.0, on_failure="discard")
