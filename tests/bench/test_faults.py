@@ -131,6 +131,8 @@ def sleepy_trial(spec):
             "time_to_target_s": 0.1, "steps_to_target": 100, "steps": 100, "curve": []}
 
 if __name__ == "__main__":
+    import faulthandler, signal
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's view of a hang
     from optforge.bench.study import BenchConfig, run_benchmark
     cfg = BenchConfig(["click_ctr"], ["adamw"], ruleset="self", num_studies=3)
     run_benchmark(cfg, sys.argv[1], jobs=2, trial_fn=sleepy_trial)
@@ -205,7 +207,13 @@ def test_ctrl_c_exits_at_once_and_marks_the_session_interrupted(tmp_path):
     # Before the fix it waited for the running trials to end. They sleep 600 s, so exiting
     # within 90 s proves it did not wait, with room for a heavily loaded machine (at load 25
     # on 2 cores the interrupted run has taken over 30 s to write its records and exit).
-    proc.wait(timeout=90)
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:  # say where it hangs: every thread's stack, then kill
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        proc.kill()
+        pytest.fail(f"no exit 90 s after SIGINT; its threads:\n{proc.communicate()[1]}")
     assert time.monotonic() - t0 < 90
     session = json.loads((tmp_path / "out" / "run.json").read_text())["sessions"][-1]
     assert session["outcome"] == "interrupted" and session["trials_run"] == 1
