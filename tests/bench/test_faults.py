@@ -133,6 +133,9 @@ def sleepy_trial(spec):
 if __name__ == "__main__":
     import faulthandler, signal
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's view of a hang
+    # Ctrl-C as in a terminal: a test run started as a background job (``cmd &`` in a
+    # non-interactive shell) hands its children SIGINT ignored, and then nothing interrupts.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from optforge.bench.study import BenchConfig, run_benchmark
     cfg = BenchConfig(["click_ctr"], ["adamw"], ruleset="self", num_studies=3)
     run_benchmark(cfg, sys.argv[1], jobs=2, trial_fn=sleepy_trial)
