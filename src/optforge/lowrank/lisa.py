@@ -137,7 +137,7 @@ class LISA(OptimizerWrapper):
         loss = super().step(closure)
         with torch.no_grad():
             for p, before, w in warming:
-                p.copy_(torch.lerp(before, p, w))
+                p.copy_(before.lerp_(p, w))  # before + w (after - before), no temporary
         self.lisa_step += 1
         if self.lisa_step % self.period == 0:
             self._activate()

@@ -158,16 +158,13 @@ def kernel_input_map(d: int, blocks: Sequence[Sequence[int]]) -> np.ndarray:
         raise ValueError(
             f"categorical_blocks name column {max(in_block)}, but the inputs have {d} columns"
         )
-    cols: list[dict[int, float]] = []
-    for j in range(d):
+    inputs = [j for j in range(d) if j in first or j not in in_block]
+    P = np.zeros((d, len(inputs)))
+    for k, j in enumerate(inputs):
         if j in first:
-            cols.append({c: 0.5 for c in first[j]})
-        elif j not in in_block:
-            cols.append({j: 1.0})
-    P = np.zeros((d, len(cols)))
-    for k, weights in enumerate(cols):
-        for j, w in weights.items():
-            P[j, k] = w
+            P[list(first[j]), k] = 0.5
+        else:
+            P[j, k] = 1.0
     return P
 
 
