@@ -4,6 +4,8 @@ not the check's)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -20,7 +22,33 @@ CONTROL = Spec(
 )
 
 
-@pytest.mark.parametrize(("check", "spec", "config"), conformance_cases(SPECS))
+def _cases() -> list:
+    """Every conformance case; ``backends_match_the_loop`` on the ``"compiled"`` backend only for
+    each spec's first config by default, since a cold compile of a rule takes 15-100 s on 2
+    cores (LAMB's the longest); ``-m slow`` compiles every config."""
+    cases = []
+    for case in conformance_cases(SPECS):
+        check, spec, config = case.values
+        backends = spec.capabilities.backends
+        if (
+            check.__name__ != "backends_match_the_loop"
+            or "compiled" not in backends
+            or config is spec.configs[0]
+        ):
+            cases.append(case)
+            continue
+        eager = dataclasses.replace(
+            spec,
+            capabilities=dataclasses.replace(
+                spec.capabilities, backends=tuple(b for b in backends if b != "compiled")
+            ),
+        )
+        cases.append(pytest.param(check, eager, config, id=f"{case.id}-uncompiled"))
+        cases.append(pytest.param(check, spec, config, id=case.id, marks=pytest.mark.slow))
+    return cases
+
+
+@pytest.mark.parametrize(("check", "spec", "config"), _cases())
 def test_conformance(check, spec, config) -> None:
     check(spec, config)
 
