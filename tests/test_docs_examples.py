@@ -112,12 +112,18 @@ class MyModel(torch.nn.Sequential):
     "docs/lowrank/qgalore.md": _TINY_LM,
     "docs/optim/eightbit.md": _TINY_LM,
     "docs/optim/agvm.md": """
+import copy
 import torch
 from torch import nn
+class Detector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone, self.neck, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+    def forward(self, x):
+        return self.head(torch.relu(self.neck(torch.relu(self.backbone(x)))))
 torch.manual_seed(0)
-model = nn.Module()
-model.backbone, model.neck, model.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
-model.forward = lambda x: model.head(torch.relu(model.neck(torch.relu(model.backbone(x)))))
+model = Detector()
+twin = copy.deepcopy(model)
 loss_fn = nn.functional.cross_entropy
 loader = [(torch.randn(16, 6), torch.randint(0, 3, (16,))) for _ in range(3)]
 def split_in_two(images, targets):
@@ -242,11 +248,30 @@ assert projected["rank"] == 256 and len(projected["params"]) == 6   # the INT8 a
 """,
     "docs/optim/eightbit.md": _TRAINS,
     "docs/lowrank/lisa.md": """
-opt.zero_grad()
-loss_fn(model(ids)).backward()
-opt.step()
-frozen = [b for b in blocks if not any(p.requires_grad for p in b.parameters())]
-assert len(frozen) == len(blocks) - 2                      # n_active=2 of 3 blocks train
+was_active = set()
+for _ in range(3 * 20):                                    # three draws of period=20
+    opt.zero_grad()
+    loss_fn(model(ids)).backward()
+    opt.step()
+    frozen = [i for i, b in enumerate(blocks) if not next(b.parameters()).requires_grad]
+    assert len(frozen) == len(blocks) - 2                  # n_active=2 of 3 blocks train
+    was_active |= set(range(len(blocks))) - set(frozen)
+assert frozen[0] in was_active                             # it trained, then was frozen:
+assert not any(opt.state.get(p) for p in blocks[frozen[0]].parameters())   # state freed
+""",
+    # Before AGVM's start_iter the halves' step is plain SGD on the whole batch, (gA + gB) / 2.
+    "docs/optim/agvm.md": """
+plain = torch.optim.SGD(twin.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+for images, targets in loader:
+    plain.zero_grad()
+    loss_fn(twin(images), targets).backward()
+    plain.step()
+for a, b in zip(model.parameters(), twin.parameters()):
+    torch.testing.assert_close(a, b)
+""",
+    "docs/zo/deepzero.md": """
+kept = sum(r * p.numel() for r, p in zip(ratios, params)) / sum(p.numel() for p in params)
+assert abs(kept - 0.1) < 0.02                              # sparsity=0.9
 """,
     "docs/lowrank/per_layer.md": "assert stepper.step_count == 2  # 8 micro-batches / 4\n",
     "docs/optim/conventions.md": """
