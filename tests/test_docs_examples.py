@@ -187,6 +187,9 @@ class Decoder(nn.Module):
         return types.SimpleNamespace(logits=self.lm_head(self.norm(x)))
 torch.manual_seed(0)
 model = Decoder()
+twin = Decoder()
+twin.load_state_dict(model.state_dict())
+initial = [p.detach().clone() for p in model.parameters()]
 loader = [(torch.randint(0, 20, (4, 6)), torch.randint(0, 20, (4, 6)))] * 2
 def loss_fn(logits, labels):
     return nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
@@ -297,6 +300,14 @@ assert [e.shape for e in estimates] == [p.shape for p in params]
 assert len(record.coefficients) == 1
 """,
     "docs/zo/mezo.md": "assert len(opt.last_record.coefficients) == 1\n",
+    # "on one device the trajectory equals plain MeZO's bit for bit"
+    "docs/zo/offload.md": """
+plain = MeZO(twin.parameters(), lr=1e-6)
+for ids, labels in loader:
+    plain.step(lambda: loss_fn(twin(ids).logits, labels))
+assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+assert all(not torch.equal(a, b) for a, b in zip(initial, model.parameters()))   # flushed
+""",
 }
 
 SLOW = {
