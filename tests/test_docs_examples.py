@@ -110,7 +110,7 @@ class MyModel(torch.nn.Sequential):
     "docs/lowrank/natural_galore.md": _TINY_LM,
     "docs/lowrank/per_layer.md": _TINY_LM,
     "docs/lowrank/qgalore.md": _TINY_LM,
-    "docs/optim/eightbit.md": _TINY_LM,
+    "docs/optim/eightbit.md": _TINY_LM + "model = TinyLM(d=64)  # 64×64 weights: 8-bit moments\n",
     "docs/optim/agvm.md": """
 import copy
 import torch
@@ -249,7 +249,12 @@ assert not isinstance(model.lm_head, Int8Linear)
 projected = opt.param_groups[0]
 assert projected["rank"] == 256 and len(projected["params"]) == 6   # the INT8 attn/mlp weights
 """,
-    "docs/optim/eightbit.md": _TRAINS,
+    "docs/optim/eightbit.md": _TRAINS + """
+w = model.transformer.h[0].attn.weight
+state = {k: v for k, v in opt.state[w].items() if k != "step"}
+assert state["exp_avg"].dtype == torch.uint8
+assert sum(v.numel() * v.element_size() for v in state.values()) / w.numel() == 2.03125
+""",
     "docs/lowrank/lisa.md": """
 was_active = set()
 for _ in range(3 * 20):                                    # three draws of period=20
