@@ -12,6 +12,9 @@ names the Markdown file and its line.
 - Pages in ``SLOW`` (deliberately long examples) run only with ``-m slow``.
 - A block preceded by ``<!-- no-test: reason -->`` (on the line before the fence, or among the
   HTML-comment lines right before it) is not run; say why in the reason.
+
+``optforge bench`` commands in the docs are parsed, not run (a run takes minutes): their flags
+and the built-in names they use must exist (``test_bench_commands_in_the_docs_parse``).
 """
 
 from __future__ import annotations
@@ -381,3 +384,52 @@ def test_adding_pages_momentum_passes_the_conformance_suite(tmp_path, monkeypatc
 
     assert len(namespace["conformance_cases"](namespace["SPECS"])) > 10
     assert run_checks(namespace["SPECS"]) == {}
+
+
+def _bench_commands() -> list[tuple[str, list[str]]]:
+    """``(page, argv after "optforge bench")`` of every command in README.md and the docs: lines
+    of fenced blocks (backslash continuations joined) and inline code spans, comments dropped."""
+    fenced = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = re.sub(r"\\\n\s*", " ", page.read_text())
+        snippets = [line for m in fenced.finditer(text) for line in m.group(1).splitlines()]
+        snippets += [s.replace("\n", " ") for s in re.findall(r"`([^`]+)`", fenced.sub("", text))]
+        for s in snippets:
+            if m := re.search(r"(?:^|[\s/])optforge bench(?=\s|$)(.*)", s.split("#")[0]):
+                found.append((page.relative_to(ROOT).as_posix(), m.group(1).split()))
+    return found
+
+
+def test_bench_commands_in_the_docs_parse():
+    """Every ``--flag`` of a documented ``optforge bench`` command exists on its subcommand, every
+    built-in workload or submission it names is registered, and a ``run`` that names both (not a
+    passing mention such as ``optforge bench run --ruleset external``) and has no placeholders
+    (``...``, ``[--opt X]``, upper-case names such as DIR) parses whole, required flags included."""
+    from optforge.bench.cli import COMMANDS, _Parser, add_bench_parser
+    from optforge.bench.submission import list_submissions
+    from optforge.bench.workloads import list_workloads
+
+    top = _Parser(prog="optforge")
+    add_bench_parser(top.add_subparsers(dest="command", parser_class=_Parser))
+    bench = top._subparsers._group_actions[0].choices["bench"]
+    subcommands = bench._subparsers._group_actions[0].choices
+    names = {"--workloads": set(list_workloads(include_held_out=True)),
+             "--submissions": set(list_submissions())}
+    commands = _bench_commands()
+    assert len(commands) > 20
+    for page, argv in commands:
+        if argv[:1] != [] and argv[0] in COMMANDS:
+            command, args = argv[0], argv[1:]
+        else:
+            command, args = "quick", argv
+        flags = {a.strip("[]").split("|")[0] for a in args if a.strip("[]").startswith("--")}
+        assert flags <= set(subcommands[command]._option_string_actions), (page, argv)
+        for flag, known in names.items():
+            if flag in args and args.index(flag) + 1 < len(args):
+                for name in args[args.index(flag) + 1].split(","):
+                    assert ":" in name or "/" in name or name in known, (page, flag, name)
+        complete = command != "run" or {"--workloads", "--submissions"} <= flags
+        if complete and not any("..." in a or "[" in a or re.fullmatch(r"[A-Z_]+", a)
+                                for a in args):
+            top.parse_args(["bench", command, *args])
