@@ -225,7 +225,8 @@ assert len(optimizer.param_groups[1]["params"]) == 4      # two biases, the norm
 """,
     "docs/optim/adamw.md": """
 assert sorted(state) == ['exp_avg', 'exp_avg_sq', 'master', 'step']
-assert state['master'].dtype == torch.float32 and abs(loss.item() - 0.8359) < 2e-3
+assert state['master'].dtype == torch.float32
+assert abs(loss.item() - 0.8359) < 4e-3                   # the printed loss, to one bf16 step
 """,
     "docs/optim/lion.md": """
 assert sorted(opt.state[model[0].weight]) == ['exp_avg'] and abs(loss.item() - 0.9966) < 2e-3
@@ -319,7 +320,7 @@ assert all(not torch.equal(a, b) for a, b in zip(initial, model.parameters()))  
 }
 
 SLOW = {
-    "docs/search/map_elites.md",
+    "docs/search/map_elites.md",  # ~2.5 min: two 1,000-iteration loops of 540, then Ray
 }
 
 
