@@ -202,6 +202,25 @@ def test_group_helper_and_resume_mid_subspace() -> None:
         assert torch.equal(a, b)
 
 
+def test_group_helper_takes_hf_conv1d_and_refuses_to_project_nothing() -> None:
+    class Conv1D(torch.nn.Module):  # Hugging Face's GPT-2 linear (in×out), matched by name
+        def __init__(self, nf: int, nx: int) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(nx, nf))
+            self.bias = torch.nn.Parameter(torch.zeros(nf))
+
+    model = torch.nn.Module()
+    model.attn, model.norm = Conv1D(12, 8), torch.nn.LayerNorm(12)
+    groups = galore_param_groups(model, rank=2)
+    assert [id(p) for p in groups[0]["params"]] == [id(model.attn.weight)]
+    assert len(groups[1]["params"]) == 3
+    # nothing matches: an error, not a "GaLore" optimizer that is plain AdamW
+    with pytest.raises(ValueError, match=r"no trainable linear weight .* nothing to project"):
+        galore_param_groups(torch.nn.Sequential(torch.nn.Linear(4, 4)), rank=2)
+    with pytest.raises(ValueError, match=r"no trainable Linear weight"):
+        galore_param_groups(model, rank=2, module_types=(torch.nn.Linear,))
+
+
 def test_rotate_policy_carries_moments_into_the_new_basis() -> None:
     p = torch.nn.Parameter(torch.randn(16, 8, dtype=torch.float64))
     opt = ProjectedOptimizer([p], rank=8, update_proj_gap=2, on_switch="rotate")

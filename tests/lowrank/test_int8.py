@@ -15,6 +15,7 @@ from optforge.lowrank import (
     Int8Linear,
     PerLayerStep,
     QGaLoreAdamW8bit,
+    galore_param_groups,
     quantize_linear_weights,
 )
 from tests.lowrank._reference import PlainGaLore, lowrank_grads
@@ -162,6 +163,29 @@ def test_per_layer_steps_update_int8_weights_like_whole_model_steps() -> None:
             o.zero_grad()
     for a, b in zip(whole.state_dict().values(), per.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_galore_param_groups_projects_the_layers_quantize_linear_weights_swapped() -> None:
+    # docs/lowrank/qgalore.md's recipe: quantize_linear_weights(model), then
+    # galore_param_groups(model). The swapped layers are Int8Linear, not nn.Linear; they used to
+    # land in the plain group, so "Q-GaLore" ran as full-rank 8-bit Adam, projecting nothing.
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.mlp = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+            self.lm_head = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.lm_head(self.mlp(torch.tanh(self.attn(x))))
+
+    model = quantize_linear_weights(Block())
+    groups = galore_param_groups(model, rank=4)
+    assert [id(p) for p in groups[0]["params"]] == [id(model.attn.weight), id(model.mlp.weight)]
+    opt = QGaLoreAdamW8bit(groups, lr=1e-2)
+    model(torch.randn(8, 16)).pow(2).mean().backward()
+    opt.step()
+    assert opt.state[model.attn.weight]["inner.exp_avg"].shape == (4, 16)  # rank-4 moments
+    assert opt.state[model.lm_head.weight]["inner.exp_avg"].shape == (4, 16)  # full, unprojected
 
 
 def test_bad_input_and_foreign_optimizers_fail_loudly() -> None:

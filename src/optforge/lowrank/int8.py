@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from optforge.lowrank.quantization import dequantize_groupwise, quantize_groupwise
 
-__all__ = ["Int8Linear", "int8_owner", "quantize_linear_weights"]
+__all__ = ["Int8Linear", "int8_owner", "is_float_linear", "quantize_linear_weights"]
 
 _OWNER = "_optforge_int8_owner"
 
@@ -48,6 +48,12 @@ def int8_owner(param: Tensor) -> Int8Linear | None:
     """The ``Int8Linear`` whose codes ``param`` stands for, or None for an ordinary parameter."""
     ref = getattr(param, _OWNER, None)
     return None if ref is None else ref()
+
+
+def is_float_linear(module: nn.Module) -> bool:
+    """``nn.Linear`` or Hugging Face's ``Conv1D`` (GPT-2's linear, matched by class name so
+    transformers stays optional): the layers ``quantize_linear_weights`` can swap."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
 def _handle(shape: tuple[int, int], dtype: torch.dtype, device: Any) -> Tensor:
@@ -209,8 +215,8 @@ def quantize_linear_weights(
     chosen = []
     for name, module in model.named_modules():
         low = name.lower()
-        linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-        if (linear and (not target_modules or any(t.lower() in low for t in target_modules))
+        if (is_float_linear(module)
+                and (not target_modules or any(t.lower() in low for t in target_modules))
                 and not any(e.lower() in low for e in exclude)):  # fmt: skip
             chosen.append(name)
     if not chosen:
