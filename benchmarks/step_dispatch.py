@@ -70,15 +70,16 @@ def make_params(shapes) -> list[torch.nn.Parameter]:
 def without_c(threshold: float) -> Iterator[None]:
     """As on a machine without a C compiler (the C library off), ``auto``'s switch threshold
     set to ``threshold``."""
-    from optforge.kernels import dispatch, exact_cpu
+    from optforge.kernels import cbuild, dispatch, exact_cpu
 
     exact_cpu._load()
-    saved = dispatch.AUTO_COMPILE_AFTER_S, exact_cpu._LIB
-    dispatch.AUTO_COMPILE_AFTER_S, exact_cpu._LIB = threshold, None
+    source = exact_cpu._SOURCE
+    saved = dispatch.AUTO_COMPILE_AFTER_S, cbuild._LOADED[source]
+    dispatch.AUTO_COMPILE_AFTER_S, cbuild._LOADED[source] = threshold, None
     try:
         yield
     finally:
-        dispatch.AUTO_COMPILE_AFTER_S, exact_cpu._LIB = saved
+        dispatch.AUTO_COMPILE_AFTER_S, cbuild._LOADED[source] = saved
 
 
 class WithoutC:

@@ -26,6 +26,26 @@
 #define BLOCK 16384 /* elements: 64 KiB per fp32 stream, 4 streams fit a core's L2 */
 #define INLINE static inline __attribute__((always_inline))
 
+/* Software prefetch. The update loops run in chunks of CHUNK elements, each first asking for
+ * the cache lines PF_AHEAD bytes ahead in every stream it reads: the hardware prefetcher alone
+ * keeps too few lines in flight for one core to reach its bandwidth on 3-5 streams [measured,
+ * 31M fp32 in 53 tensors, min of 12, 1 thread: Lion 31.5 -> 28.0 ms, AdamW 41.9 -> 37.1 ms;
+ * 2 threads: 16.3 -> 13.9, 21.7 -> 19.3; 1 to 4 KiB ahead alike, a prefetch for write no
+ * better]. It changes no arithmetic, and a prefetch past the end of an array never faults. */
+#define PF_AHEAD 2048 /* bytes */
+#define CHUNK 64      /* elements: 256 B, four cache lines of an fp32 stream */
+INLINE void prefetch(const void* x) {
+    const char* c = (const char*)x + PF_AHEAD;
+    for (int l = 0; l < CHUNK * 4; l += 64) __builtin_prefetch(c + l, 0, 3);
+}
+/* for (j = 0; j < n; j++) BODY, in chunks, each after its PREFETCHES */
+#define CHUNKED(j, n, PREFETCHES, BODY)                                             \
+    for (int64_t c0_ = 0; c0_ < (n); c0_ += CHUNK) {                                \
+        const int64_t c1_ = c0_ + CHUNK < (n) ? c0_ + CHUNK : (n);                 \
+        { const int64_t j = c0_; PREFETCHES }                                       \
+        for (int64_t j = c0_; j < c1_; j++) BODY                                    \
+    }
+
 /* Index of the tensor that holds block b (first is non-decreasing, first[0] = 0). */
 static int64_t tensor_of(const int64_t* first, int64_t n, int64_t b) {
     int64_t lo = 0, hi = n - 1;
@@ -90,7 +110,7 @@ INLINE void lion_piece(float* restrict p, float* restrict m, const float* restri
                        int64_t n, const float* h, const int maximize, const int unscale) {
     const float lr = h[0], b1 = h[1], omb1 = h[2], b2 = h[3], omb2 = h[4], decay = h[5];
     const float inv = h[6];
-    for (int64_t j = 0; j < n; j++) {
+    CHUNKED(j, n, { prefetch(g + j); prefetch(m + j); prefetch(p + j); }, {
         float gj = g[j];
         if (unscale) gj = gj * inv;
         if (maximize) gj = -gj;
@@ -98,7 +118,7 @@ INLINE void lion_piece(float* restrict p, float* restrict m, const float* restri
         float u = sign_of(mj * b1 + gj * omb1);
         p[j] = p[j] * decay - u * lr;
         m[j] = mj * b2 + gj * omb2;
-    }
+    })
 }
 
 void lion(int64_t n, const int64_t* numel, const int64_t* first, void* const* P,
@@ -126,7 +146,10 @@ INLINE void adam_piece(float* restrict p, float* restrict m, float* restrict v,
                        const int unscale, const int inner) {
     const float lr = h[0], b1 = h[1], omb1 = h[2], b2 = h[3], omb2 = h[4], decay = h[5];
     const float inv = h[6], eps = h[7], bc1 = h[8], bc2 = h[9];
-    for (int64_t j = 0; j < n; j++) {
+    CHUNKED(j, n, {
+        prefetch(g + j); prefetch(m + j); prefetch(v + j);
+        if (!inner) prefetch(p + j); /* the inner rule only writes P */
+    }, {
         float gj = g[j];
         if (unscale) gj = gj * inv;
         if (maximize) gj = -gj;
@@ -136,7 +159,7 @@ INLINE void adam_piece(float* restrict p, float* restrict m, float* restrict v,
         p[j] = inner ? u : p[j] * decay - u * lr;
         m[j] = mj;
         v[j] = vj;
-    }
+    })
 }
 
 void adam(int64_t n, const int64_t* numel, const int64_t* first, void* const* P,
@@ -165,7 +188,7 @@ INLINE void sgd_piece(float* restrict p, float* restrict b, const float* restric
                       const float* h, const int maximize, const int unscale,
                       const int nesterov) {
     const float lr = h[0], mom = h[1], omd = h[2], decay = h[3], inv = h[4];
-    for (int64_t j = 0; j < n; j++) {
+    CHUNKED(j, n, { prefetch(g + j); prefetch(b + j); prefetch(p + j); }, {
         float gj = g[j];
         if (unscale) gj = gj * inv;
         if (maximize) gj = -gj;
@@ -173,7 +196,7 @@ INLINE void sgd_piece(float* restrict p, float* restrict b, const float* restric
         float u = nesterov ? gj + bj * mom : bj;
         p[j] = p[j] * decay - u * lr;
         b[j] = bj;
-    }
+    })
 }
 
 void sgd_momentum(int64_t n, const int64_t* numel, const int64_t* first, void* const* P,
@@ -202,15 +225,17 @@ void sgd_momentum(int64_t n, const int64_t* numel, const int64_t* first, void* c
  * compares and an OR, no float arithmetic: the loop vectorizes without reassociating
  * anything, and the answer is exact for every value. The range is read as STREAMS
  * interleaved sub-ranges: one core's read bandwidth grows with the streams in flight (a
- * single stream read at ~0.7x the bytes/s of Lion's five [measured, 31M fp32, 1 thread]). */
+ * single stream read at ~0.7x the bytes/s of Lion's five [measured, 31M fp32, 1 thread]),
+ * and prefetched as the updates are [8.5 -> 8.0 ms on those 31M, 1.9 -> 1.5 ms on 9.3M in
+ * 308 tensors, min of 12]. */
 #define STREAMS 4
 #define NONFINITE(NAME, T, EXP)                                                     \
     static int NAME(const T* restrict x, int64_t n) {                               \
         const int64_t q = n / STREAMS;                                              \
         T acc = 0;                                                                  \
-        for (int64_t j = 0; j < q; j++)                                             \
-            for (int s = 0; s < STREAMS; s++)                                       \
-                acc |= (T)((x[j + s * q] & (EXP)) == (EXP));                        \
+        CHUNKED(j, q, { for (int s = 0; s < STREAMS; s++) prefetch(x + j + s * q); }, \
+            { for (int s = 0; s < STREAMS; s++)                                     \
+                acc |= (T)((x[j + s * q] & (EXP)) == (EXP)); })                     \
         for (int64_t j = STREAMS * q; j < n; j++) acc |= (T)((x[j] & (EXP)) == (EXP)); \
         return acc != 0;                                                            \
     }
