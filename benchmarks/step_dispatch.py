@@ -3,7 +3,8 @@
 Two parameter lists: (a) 31.0M fp32 parameters in 53 tensors (test_optim_step.py's shapes) and
 (b) a transformer-shaped list, 9.3M parameters in 308 tensors (d=192, 19 layers, separate
 q/k/v/o projections: 194 of the tensors are biases and norms of 192-768 elements). Every case
-steps the same tensors once per round, round-robin, so background load lands on all alike.
+steps the same tensors once per round, round-robin in an order that rotates every round, so
+background load lands on all alike and no case always runs right after the same other case.
 
 ``optforge Lion, default`` is ``Lion(params)`` with no flags (here ``weight_decay=0.1``, as
 lion-pytorch's case). On fp32 CPU tensors its ``auto`` backend runs the C loop of
@@ -149,11 +150,15 @@ def steady(which: str, rounds: int) -> None:
         opts[name].step()  # state allocation and compilation, untimed
         print(f"  first step of {name}: {time.perf_counter() - start:.2f} s", flush=True)
     times: dict[str, list[float]] = {name: [] for name in opts}
+    names = list(opts)
     for r in range(rounds):
         print(f"  round {r + 1}/{rounds}", file=sys.stderr, flush=True)
-        for name, opt in opts.items():
+        # The order rotates every round, so that each case follows every other equally often:
+        # a step runs slower right after one that churns memory (lion-pytorch's temporaries
+        # cost the next step ~1.5 ms of 7 on list (b) at 2 threads).
+        for name in names[r % len(names):] + names[: r % len(names)]:
             start = time.perf_counter()
-            opt.step()
+            opts[name].step()
             times[name].append(time.perf_counter() - start)
     ref = "torch AdamW fused"
     ref_min, ref_med = min(times[ref]), statistics.median(times[ref])
