@@ -7,6 +7,7 @@ the measured times).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -76,7 +77,13 @@ def test_ray_cluster_address(local_records, tmp_path):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         address = head.stdout.readline().strip()
-        rc = main([*ARGV, "--executor", f"ray:{address}", "--out", str(tmp_path / "ray")])
+        # The head's ray.init() turned token authentication on (Ray 2.59+); a driver that
+        # connects by address sends the token (~/.ray/auth_token) only in token mode, read when
+        # Ray is imported: so the CLI runs as a user would start it, in its own process.
+        env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        rc = subprocess.run(
+            [sys.executable, "-m", "optforge", *ARGV, "--executor", f"ray:{address}",
+             "--out", str(tmp_path / "ray")], env=env, timeout=600).returncode
     finally:
         head.communicate("stop\n", timeout=120)
     assert rc == 0
@@ -96,6 +103,22 @@ def test_bad_executor_exit_2(value, match, tmp_path, capsys):
     assert "\n" not in err and re.search(match, err), err
     with pytest.raises(ValueError):
         parse_executor(value)
+
+
+def test_unreachable_ray_cluster_says_how_to_connect_with_a_token(tmp_path, capsys, monkeypatch):
+    ray = pytest.importorskip("ray")
+
+    def refused(*args, **kwargs):  # what ray.init raises for a cluster it cannot join
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379")
+
+    monkeypatch.setattr(ray, "init", refused)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert main([*ARGV, "--executor", "ray:10.0.0.9:6379", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Ray cluster at 10.0.0.9:6379" in err and "RAY_AUTH_MODE=token" in err
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # set already: no hint
+    assert main([*ARGV, "--executor", "ray:10.0.0.9:6379", "--out", str(tmp_path / "p")]) == 2
+    assert "RAY_AUTH_MODE" not in capsys.readouterr().err
 
 
 def test_unreachable_dask_scheduler_exit_2(tmp_path, capsys):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,8 +108,23 @@ def open_executor(spec: str, *, jobs: int | None, torch_threads: int) -> Iterato
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise ValueError(f"cannot reach the Ray cluster at {address}: {e}") from None
+                raise ValueError(
+                    f"cannot reach the Ray cluster at {address}: {e}{_ray_auth_hint()}"
+                ) from None
         try:
             yield RayExecutor(num_cpus=torch_threads)
         finally:
             ray.shutdown()
+
+
+def _ray_auth_hint() -> str:
+    """What to try when a connection by address fails with ``RAY_AUTH_MODE`` unset: Ray 2.59+
+    starts local clusters with token authentication on, and a driver that connects by address
+    sends its token only when ``RAY_AUTH_MODE=token`` is set (measured with Ray 2.60)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return ""
+    return (
+        "; if the cluster uses token authentication (Ray 2.59+ turns it on for clusters that "
+        "ray.init() starts), set RAY_AUTH_MODE=token; the token is read from RAY_AUTH_TOKEN, "
+        "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+    )
