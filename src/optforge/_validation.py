@@ -7,6 +7,7 @@ received, e.g. ``ValueError: lr must be >= 0 (got -1.0)``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "check_count",
     "check_in_range",
     "check_int",
+    "check_integer",
     "check_non_negative",
     "check_positive",
 ]
@@ -72,6 +74,13 @@ def check_int(name: str, value: object, low: int | None = None) -> int:
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low} (got {value})")
     return value
+
+
+def check_integer(name: str, value: object, low: int | None = None) -> int:
+    """``check_int`` that also takes numpy integers (array elements, ``np.arange``), as ``int``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    return check_int(name, value, low)
 
 
 def check_count(name: str, value: object) -> int:

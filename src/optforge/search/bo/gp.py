@@ -67,7 +67,7 @@ import torch
 from scipy.linalg.lapack import dtrtri
 from scipy.optimize import minimize
 
-from optforge._validation import check_int, check_positive
+from optforge._validation import check_int, check_integer, check_positive
 from optforge.search.bo.surrogate import Surrogate, as_training_data
 
 __all__ = [
@@ -131,12 +131,7 @@ def _check_blocks(blocks: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...
         )
     out, seen = [], set()
     for b in blocks:
-        cols = tuple(
-            check_int(
-                "categorical_blocks column", int(c) if isinstance(c, np.integer) else c, low=0
-            )
-            for c in b
-        )
+        cols = tuple(check_integer("categorical_blocks column", c, low=0) for c in b)
         if not cols or len(set(cols)) != len(cols) or seen & set(cols):
             raise ValueError(
                 f"categorical_blocks must be non-empty, disjoint blocks of distinct columns "

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from optforge._validation import check_int, check_non_negative
+from optforge._validation import check_integer, check_non_negative
 from optforge.search.qd.archive import ArchiveBase, _as_batch, _check_finite
 
 __all__ = ["GridArchive"]
@@ -47,7 +47,7 @@ class GridArchive(ArchiveBase):
         if isinstance(dims, (int, np.integer)):
             dims = (int(dims),)
         dims = tuple(
-            check_int(f"dims[{j}]", int(d) if isinstance(d, np.integer) else d, low=1)
+            check_integer(f"dims[{j}]", d, low=1)
             for j, d in enumerate(dims)
         )
         if len(dims) == 0:
